@@ -10,6 +10,7 @@ finished once (G must be reduced before its outer product).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -58,9 +59,13 @@ class GramPartial:
 
 
 def gram_partial(
-    net: TwoLayerNet, x1: torch.Tensor, x2: torch.Tensor | None = None, block: int | None = None
+    net: TwoLayerNet, x1: torch.Tensor, x2: torch.Tensor | None = None, block: int | None = None,
+    on_block: Callable[[int, int], None] | None = None,
 ) -> GramPartial:
-    """The sums over this net's neurons (a shard's share when net holds neurons [lo, hi))."""
+    """The sums over this net's neurons (a shard's share when net holds neurons [lo, hi)).
+
+    on_block(done, total) is called after each neuron block (progress reporting).
+    """
     x1 = prepare_inputs(x1, net.d, net.dtype, net.device, "X")
     sym = x2 is None
     x2 = x1 if sym else prepare_inputs(x2, net.d, net.dtype, net.device, "X2")
@@ -77,7 +82,8 @@ def gram_partial(
     with torch.no_grad():
         f1 = net.features(x1)
         f2 = f1 if sym else net.features(x2)
-        for i0, i1 in neuron_blocks(net, block, n1 + n2):
+        blocks = neuron_blocks(net, block, n1 + n2)
+        for done, (i0, i1) in enumerate(blocks, 1):
             p1 = net.preact(f1, i0, i1)
             p2 = p1 if sym else net.preact(f2, i0, i1)
             if need_s:
@@ -97,6 +103,8 @@ def gram_partial(
                 g1 += net.to_rank((p1 > 0).to(p1.dtype) * a, i0, i1).to(torch.float64)
                 if not sym:
                     g2 += net.to_rank((p2 > 0).to(p2.dtype) * a, i0, i1).to(torch.float64)
+            if on_block is not None:
+                on_block(done, len(blocks))
         if need_s:
             ss += ss32
     return GramPartial(ss, rr, g1, g2)
@@ -123,15 +131,17 @@ def finish_gram(
 
 
 def empirical_ntk(
-    net: TwoLayerNet, x1: torch.Tensor, x2: torch.Tensor | None = None, block: int | None = None
+    net: TwoLayerNet, x1: torch.Tensor, x2: torch.Tensor | None = None, block: int | None = None,
+    on_block: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
     """The exact empirical NTK H(X1, X2) over the net's trained parameters: (n1, n2).
 
-    Summed over neurons in blocks of `block` (default: about 8M activations at a time).
+    Summed over neurons in blocks of `block` (default: about 8M activations at a time);
+    on_block(done, total) is called after each block.
     """
     if (net.lo, net.hi) != (0, net.m):
         raise ValueError(
             f"net: holds neurons [{net.lo}, {net.hi}) of {net.m}; a shard's Gram is "
             "gram_partial(...) summed over shards, then finish_gram(...)"
         )
-    return finish_gram(net, gram_partial(net, x1, x2, block), x1, x2)
+    return finish_gram(net, gram_partial(net, x1, x2, block, on_block), x1, x2)

@@ -1,0 +1,68 @@
+"""The `fntk` command: train and gram, each from a YAML config plus key=value overrides."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+from pathlib import Path
+
+EXIT_USAGE = 2  # bad config, data or arguments: one message, no traceback
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fntk", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, helptext in [("train", "train a net; writes a run folder"),
+                           ("gram", "compute a net's NTK Gram and its spectrum")]:
+        s = sub.add_parser(name, help=helptext)
+        s.add_argument("config", help="YAML config (see configs/)")
+        s.add_argument("overrides", nargs="*", metavar="key.sub=value",
+                       help="override config values, e.g. train.steps=50 model.m=8192")
+        s.add_argument("--out", type=Path, help="run folder (default: runs/NAME-TIMESTAMP)")
+        s.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def _out_dir(args: argparse.Namespace, name: str) -> Path:
+    if args.out is None:
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        return Path("runs") / f"{name}-{stamp}"
+    if args.out.exists() and not args.out.is_dir():
+        raise ValueError(f"--out: {args.out} exists and is not a folder")
+    if (args.out / "summary.json").exists():
+        raise ValueError(f"--out: {args.out} already holds a finished run (summary.json); "
+                         "choose another folder or remove it")
+    return args.out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    # Heavy imports after argument parsing, so `fntk --help` is instant.
+    from ..config import load_config
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+        out = _out_dir(args, cfg.name)
+        if args.command == "train":
+            from ..train.loop import train
+
+            summary = train(cfg, out, progress=not args.quiet)
+            keys = ("initial_loss", "final_loss", "loss_reduction", "steps_to_target",
+                    "measured_rate", "predicted_rate", "lambda_min_0", "seconds_per_step")
+        else:
+            from ..gram import run_gram
+
+            summary = run_gram(cfg, out, progress=not args.quiet)
+            keys = ("n", "lambda_min", "lambda_max", "condition", "gram_rel_err_inf", "seconds")
+    except ValueError as err:  # ConfigError, DataError and argument checks all name their key
+        print(f"fntk: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    print(json.dumps({k: summary.get(k) for k in keys}, indent=1))
+    print(f"run folder: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""A run is a config: YAML validated into typed sections, with dotted command-line overrides.
+
+Every problem (unknown key, wrong type, bad value, unreadable file) is one ConfigError whose
+message names the file and the dotted key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .data.config import DataConfig
+from .models.config import ModelConfig
+from .ntk.config import GramConfig
+from .track.config import TrackingConfig
+from .train.config import TrainConfig
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; str() is one line naming the key."""
+
+
+class RunConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(None, description="run name; default: the config file's stem")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    gram: GramConfig = Field(default_factory=GramConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+
+def _format(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif "input" in first and not isinstance(first["input"], dict | list):
+        msg += f" (got {first['input']!r})"
+    more = len(err.errors()) - 1
+    return f"{source}: {key}: {msg}" + (f" (and {more} more)" if more else "")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'train.steps=50' -> (['train', 'steps'], 50); the value is parsed as YAML."""
+    key, sep, raw = text.partition("=")
+    parts = key.strip().split(".")
+    if not sep or not all(parts):
+        raise ConfigError(f"override {text!r}: expected key.sub=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc.problem})") from None
+    return parts, value
+
+
+def build_config(raw: dict, overrides: list[str] = (), source: str = "config") -> RunConfig:
+    """Validate a dict (plus overrides) into a RunConfig."""
+    data = dict(raw)
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = data
+        for p in parts[:-1]:
+            child = node.get(p)
+            if child is None:
+                child = node[p] = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: {p} is not a section")
+            else:
+                child = node[p] = dict(child)
+            node = child
+        node[parts[-1]] = value
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format(err, source)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
+    """Read a YAML config file, apply overrides, validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read ({exc})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    cfg = build_config(raw, overrides, str(path))
+    return cfg if cfg.name else cfg.model_copy(update={"name": path.stem})
+
+
+def dump_config(cfg: RunConfig) -> str:
+    """The resolved config as YAML (what a run folder's config.yaml holds)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,168 @@
+"""Single-process training: the whole path from config to run folder, read in one go.
+
+Loss L = 1/2 sum_i (f(x_i) - y_i)^2. Full-batch gradient descent by default (SGD and Adam on
+mini-batches as options); the step size is given or eta = lr_scale / lambda_max(H(0)). Every
+step walks the neurons in blocks (train.blocked), so memory stays O(n * block + parameters).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from ..atomic import write_text
+from ..config import ConfigError, RunConfig, dump_config
+from ..data import load_dataset
+from ..models.validation import as_dtype
+from ..track import make_tracker
+from .blocked import blocked_output
+from .diagnostics import Diagnostics, fitted_rate
+from .plots import plot_loss
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device: cuda asked for, but no CUDA device is available")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def train(cfg: RunConfig, out_dir: Path, progress: bool = True) -> dict:
+    """Train cfg's net on cfg's data; write the run folder; return the summary."""
+    tc = cfg.train
+    device = resolve_device(tc.device)
+    data = load_dataset(cfg.data)
+    dt = as_dtype(cfg.model.dtype)
+    x = torch.as_tensor(data.x, dtype=dt, device=device)
+    y = torch.as_tensor(data.y, dtype=dt, device=device)
+    n = x.shape[0]
+    if tc.lr is None and n > tc.gram_max_n:
+        raise ConfigError(f"train.lr: required when n={n} > train.gram_max_n={tc.gram_max_n} "
+                          "(the step size is otherwise read off the n x n Gram)")
+    if tc.batch_size is not None and tc.batch_size > n:
+        raise ConfigError(f"train.batch_size: {tc.batch_size} exceeds the {n} training points")
+    net = cfg.model.build(d=data.d, device=device)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_text(out_dir / "config.yaml", dump_config(cfg))
+
+    diag = Diagnostics(net, x, tc.gram_max_n, tc.block, cfg.gram.top)
+    eta = tc.lr if tc.lr is not None else tc.lr_scale / diag.spec0.lambda_max
+    params = [p for p in net.parameters() if p.requires_grad]
+    opt = (torch.optim.Adam(params, lr=eta) if tc.optimizer == "adam"
+           else torch.optim.SGD(params, lr=eta))
+    batch = n if tc.optimizer == "gd" or tc.batch_size is None else tc.batch_size
+    gen = torch.Generator().manual_seed(cfg.model.seed)
+    cost = net.cost()
+    x_test = torch.as_tensor(data.x_test, dtype=dt, device=device)
+    y_test = torch.as_tensor(data.y_test, dtype=dt, device=device)
+    tracker = make_tracker(cfg.tracking, out_dir, cfg.name or out_dir.name,
+                           cfg.model_dump(mode="json"))
+
+    def full_loss() -> float:
+        with torch.no_grad():
+            return float(0.5 * ((blocked_output(net, x, tc.block) - y) ** 2).sum())
+
+    def test_metrics() -> dict[str, float]:
+        if y_test.numel() == 0:
+            return {}
+        with torch.no_grad():
+            pred = blocked_output(net, x_test, tc.block)
+        return {"test_mse": float(((pred - y_test) ** 2).mean()),
+                "test_error": float((torch.sign(pred) != torch.sign(y_test)).double().mean())}
+
+    steps, losses, drifts, step_seconds = [], [], [], []
+    target_step = None
+    try:
+        bar = tqdm(range(tc.steps + 1), desc=f"train {cfg.name or out_dir.name}", unit="step",
+                   disable=not progress, mininterval=1.0)
+        for t in bar:
+            last, logging = t == tc.steps, t % tc.log_every == 0 or t == tc.steps
+            row: dict[str, float] = {}
+            _sync(device)
+            t0 = time.perf_counter()
+            if batch == n:
+                out = blocked_output(net, x, tc.block)
+                loss = 0.5 * ((out - y) ** 2).sum()
+                loss_value = float(loss)
+            else:
+                idx = torch.randperm(n, generator=gen)[:batch].to(device)
+                out = blocked_output(net, x[idx], tc.block)
+                loss = 0.5 * (n / batch) * ((out - y[idx]) ** 2).sum()
+                loss_value = full_loss() if logging else None
+            if not last:
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                _sync(device)
+                step_seconds.append(time.perf_counter() - t0)
+            if loss_value is not None:
+                loss0 = loss_value if t == 0 else loss0
+                if target_step is None and loss_value <= tc.target_ratio * loss0:
+                    target_step = t
+                if logging:
+                    steps.append(t)
+                    losses.append(loss_value)
+                    row["loss"] = loss_value
+            if logging and step_seconds:
+                sec = step_seconds[-1]
+                row.update(step_seconds=sec, samples_per_s=batch / sec,
+                           gflops=cost.train_step_flops * batch / sec / 1e9)
+            if tc.ntk_every and t % tc.ntk_every == 0 or t in (0, tc.steps):
+                row.update(diag.gram(net))
+                row.update(diag.weights(net))
+                row.update(test_metrics())
+                if "gram_drift" in row:
+                    drifts.append(row["gram_drift"])
+            if row:
+                tracker.log(row, step=t)
+            if logging:
+                bar.set_postfix(loss=f"{losses[-1]:.3e}" if losses else "-", refresh=False)
+        final = diag.gram(net) if diag.forms_gram else {}
+    except BaseException:
+        tracker.abort()
+        raise
+
+    spec0, spec_inf = diag.spec0, diag.spec_inf
+    lam0 = spec0.lambda_min if spec0 else None
+    lam_inf = spec_inf.lambda_min if spec_inf else None
+    gd = tc.optimizer == "gd"
+    rates = {
+        "predicted (1 - eta lambda_min(H0))^2": (1 - eta * lam0) ** 2 if gd and lam0 else None,
+        "Du et al. 1 - eta lambda_inf / 2": 1 - eta * lam_inf / 2 if gd and lam_inf else None,
+    }
+    mean_step = sum(step_seconds) / len(step_seconds) if step_seconds else None
+    summary = {
+        "name": cfg.name or out_dir.name, "n": n, "d": data.d, "n_test": int(y_test.numel()),
+        "mode": net.mode, "m": net.m, "k": net.k, "sketch": net.sketch,
+        "train_output": net.train_output, "optimizer": tc.optimizer, "eta": eta,
+        "steps": tc.steps, "trainable_params": cost.trainable_params,
+        "flops_per_step": cost.train_step_flops * batch,
+        "lambda_min_0": lam0, "lambda_max_0": spec0.lambda_max if spec0 else None,
+        "lambda_inf": lam_inf, "gram_rel_err_inf": diag.rel_err_inf,
+        "lambda_min_final": final.get("lambda_min"),
+        "max_gram_drift": max(drifts) if drifts else None,
+        "initial_loss": losses[0], "final_loss": losses[-1],
+        "loss_reduction": losses[0] / losses[-1] if losses[-1] > 0 else float("inf"),
+        "steps_to_target": target_step, "target_ratio": tc.target_ratio,
+        "measured_rate": fitted_rate(steps, losses, tc.target_ratio * losses[0]),
+        "predicted_rate": rates["predicted (1 - eta lambda_min(H0))^2"],
+        "predicted_rate_du": rates["Du et al. 1 - eta lambda_inf / 2"],
+        "seconds_per_step": mean_step,
+        "samples_per_s": batch / mean_step if mean_step else None,
+        "gflops": cost.train_step_flops * batch / mean_step / 1e9 if mean_step else None,
+        "device": str(device), "dtype": cfg.model.dtype,
+        **{f"final_{k}": v for k, v in test_metrics().items()},
+    }
+    plot_loss(out_dir / "loss.png", steps, losses, rates,
+              f"{net.mode} m={net.m} k={net.k} sketch={net.sketch} n={n} d={data.d}")
+    tracker.finish(summary)
+    return summary

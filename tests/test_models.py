@@ -1,0 +1,123 @@
+"""TwoLayerNet: determinism, slice rebuild, sketches as fast transforms, argument checks."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import net_grid
+
+from fntk_dist import TwoLayerNet
+from fntk_dist.models import InputSketch, OutputSketch, fwht
+from fntk_dist.ntk import finish_gram, gram_partial
+
+
+def _net(mode, sketch, **kw):
+    base = dict(d=13, m=600, mode=mode, k=None if mode == "dense" else 6, sketch=sketch,
+                train_output=True, seed=7, dtype=torch.float64)
+    return TwoLayerNet(**{**base, **kw})
+
+
+@pytest.mark.parametrize("mode,sketch", net_grid())
+def test_same_arguments_same_net_other_seed_other_net(mode, sketch):
+    a, b, c = _net(mode, sketch), _net(mode, sketch), _net(mode, sketch, seed=8)
+    x = torch.randn(5, 13, dtype=torch.float64)
+    assert torch.equal(a(x), b(x))
+    assert not torch.equal(a(x), c(x))
+
+
+@pytest.mark.parametrize("mode,sketch", net_grid())
+def test_neuron_slices_rebuild_the_whole_net(mode, sketch):
+    whole = _net(mode, sketch)
+    x = torch.randn(6, 13, dtype=torch.float64)
+    cuts = [0, 1, 255, 256, 300, 513, 600]  # inside and across generator blocks
+    shards = [_net(mode, sketch, neurons=(lo, hi)) for lo, hi in zip(cuts, cuts[1:])]
+    def raw_rows(net):  # the generated per-neuron tensor: bit-identical in any slicing
+        if mode == "sketch_out":
+            return net.out_sketch.rows(0, net.m_local)
+        return net.W if mode == "dense" else net.U
+
+    assert torch.equal(torch.cat([raw_rows(s) for s in shards]), raw_rows(whole))
+    rows = torch.cat([s.neuron_weights(0, s.m_local) for s in shards])
+    assert torch.allclose(rows, whole.neuron_weights(0, whole.m), rtol=0, atol=1e-13)
+    assert torch.equal(torch.cat([s.a for s in shards]), whole.a)
+    assert torch.allclose(sum(s(x) for s in shards), whole(x), atol=1e-13)
+    total = sum((gram_partial(s, x) for s in shards[1:]), gram_partial(shards[0], x))
+    ref = finish_gram(whole, gram_partial(whole, x), x)
+    assert torch.allclose(finish_gram(whole, total, x), ref, atol=1e-12)
+
+
+def test_fwht_is_the_hadamard_matrix():
+    h = torch.ones(1, 1, dtype=torch.float64)
+    for _ in range(4):
+        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
+    x = torch.randn(3, 16, dtype=torch.float64)
+    assert torch.allclose(fwht(x), x @ h.T)
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "rademacher", "srht", "countsketch"])
+def test_input_sketch_is_a_jl_map_with_its_adjoint(kind):
+    d, k = 12, 8
+    sk = [InputSketch(kind, k, d, seed, torch.float64) for seed in range(400)]
+    dense = [s(torch.eye(d, dtype=torch.float64)).T for s in sk]  # V: (k, d)
+    z, y = torch.randn(4, d, dtype=torch.float64), torch.randn(4, k, dtype=torch.float64)
+    assert torch.allclose(sk[0](z), z @ dense[0].T)
+    assert torch.allclose(sk[0].transpose(y), y @ dense[0])
+    mean = sum(v.T @ v for v in dense) / len(dense)  # E[V^T V] = I
+    assert (mean - torch.eye(d, dtype=torch.float64)).abs().max() < 0.2
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "rademacher", "srht", "countsketch"])
+def test_output_sketch_rows_are_isotropic_and_consistent(kind):
+    k, m = 5, 4000
+    sk = OutputSketch(kind, k, 0, m, 3, torch.float64)
+    u = sk.rows(0, m)
+    z, y = torch.randn(3, k, dtype=torch.float64), torch.randn(3, 70, dtype=torch.float64)
+    assert torch.allclose(sk(z, 30, 100), z @ u[30:100].T)
+    assert torch.allclose(sk.transpose(y, 30, 100), y @ u[30:100])
+    assert ((u.T @ u) / m - torch.eye(k, dtype=torch.float64)).abs().max() < 0.15
+
+
+def test_cost_report():
+    d, m, k = 512, 16384, 32
+    dense = TwoLayerNet(d, m).cost()
+    fact = TwoLayerNet(d, m, "sketch_in", k).cost()
+    assert dense.trainable_params == m * d and fact.trainable_params == m * k
+    assert dense.forward_flops == 2 * m * d + 3 * m
+    assert fact.forward_flops == 2 * k * d + 2 * m * k + 3 * m
+    assert TwoLayerNet(d, m, "lowrank", k, train_output=True).cost().trainable_params == (
+        m * k + k * d + m)
+    srht = TwoLayerNet(d, m, "sketch_in", k, "srht").cost()
+    assert srht.forward_flops == 512 * (int(math.log2(512)) + 1) + 2 * m * k + 3 * m
+
+
+@pytest.mark.parametrize("kwargs,key", [
+    (dict(d=0, m=4), "d:"), (dict(d=4, m=0), "m:"), (dict(d=4, m=4, mode="wide"), "mode:"),
+    (dict(d=4, m=4, mode="sketch_in", k=0), "k:"), (dict(d=4, m=4, mode="sketch_in", k=5), "k:"),
+    (dict(d=4, m=4, mode="lowrank"), "k:"), (dict(d=4, m=4, k=2), "k:"),
+    (dict(d=4, m=8, mode="dense", sketch="srht"), "sketch:"),
+    (dict(d=4, m=8, mode="lowrank", k=2, sketch="gaussian"), "sketch:"),
+    (dict(d=4, m=8, mode="sketch_in", k=2, sketch="fft"), "sketch:"),
+    (dict(d=3, m=8, mode="sketch_in", k=5, sketch="srht"), "k:"),
+    (dict(d=4, m=8, neurons=(5, 5)), "neurons:"), (dict(d=4, m=8, dtype="float16"), "dtype:"),
+])
+def test_bad_arguments_name_themselves(kwargs, key):
+    with pytest.raises(ValueError, match=f"^{key}"):
+        TwoLayerNet(**kwargs)
+
+
+@pytest.mark.parametrize("x,msg", [
+    (torch.randn(3, 5), r"X: expected shape \(n, 4\)"),
+    (torch.tensor([[1.0, float("nan"), 0, 0]]), "X: contains NaN or Inf"),
+    (torch.tensor([[1.0, 0, 0, 0], [0, float("inf"), 0, 0]]), r"row 1"),
+    (torch.zeros(0, 4), r"n >= 1"),
+])
+def test_bad_inputs_name_x(x, msg):
+    from fntk_dist import empirical_ntk, ntk_matvec
+
+    net = TwoLayerNet(4, 8)
+    for call in (lambda: net(x), lambda: empirical_ntk(net, x),
+                 lambda: ntk_matvec(net, x, torch.ones(x.shape[0]))):
+        with pytest.raises(ValueError, match=msg):
+            call()

@@ -1,0 +1,86 @@
+"""The closed-form Gram, cross-Gram and mat-vec against torch.func Jacobians, in float64."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import net_grid, requires_cuda
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fntk_dist import TwoLayerNet, autograd_ntk, empirical_ntk, ntk_matvec
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor, scale: float = 0.0) -> float:
+    """max |a - b| relative to max(max |b|, scale) (an all-zero b demands an all-zero a)."""
+    return float((a - b).abs().max() / max(float(b.abs().max()), scale, 1e-300))
+
+
+def _net(mode, sketch, d, m, k, train_output, seed=0, dtype=torch.float64):
+    return TwoLayerNet(d, m, mode, None if mode == "dense" else k, sketch, train_output, seed,
+                       dtype)
+
+
+@pytest.mark.parametrize("mode,sketch", net_grid())
+@pytest.mark.parametrize("train_output", [False, True])
+@settings(max_examples=15, deadline=None)
+@given(n=st.integers(1, 9), n2=st.integers(1, 6), d=st.integers(1, 12), m=st.integers(1, 40),
+       k=st.integers(1, 8), block=st.integers(1, 17), seed=st.integers(0, 10**6))
+def test_gram_matches_autograd(mode, sketch, train_output, n, n2, d, m, k, block, seed):
+    k = min(k, m)
+    if sketch == "srht" and mode == "sketch_in":
+        k = min(k, 1 << max(0, (d - 1).bit_length()))
+    net = _net(mode, sketch, d, m, k, train_output, seed)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64)
+    x2 = torch.randn(n2, d, generator=g, dtype=torch.float64)
+    ref = autograd_ntk(net, x)
+    assert _rel(empirical_ntk(net, x, block=block), ref) < 1e-10
+    # |H(x, x2)| <= sqrt(H(x, x) H(x2, x2)): the natural scale of a cross-Gram whose entries
+    # may all be zero up to autograd's round-off.
+    scale = float(ref.diagonal().max() * autograd_ntk(net, x2).diagonal().max()) ** 0.5
+    cross = autograd_ntk(net, x, x2)
+    assert _rel(empirical_ntk(net, x, x2, block=block), cross, scale) < 1e-10
+    v = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    assert _rel(ntk_matvec(net, x, v, block=block), ref @ v) < 1e-10
+    assert _rel(ntk_matvec(net, x, v[:, 0], block=block), ref @ v[:, 0]) < 1e-10
+
+
+def test_trained_parameters_are_exactly_the_modes():
+    want = {"dense": {"W"}, "sketch_in": {"U"}, "sketch_out": {"V"}, "lowrank": {"U", "V"}}
+    for mode, sketch in net_grid():
+        for to in (False, True):
+            net = _net(mode, sketch, 8, 16, 4, to)
+            names = {n for n, p in net.named_parameters() if p.requires_grad}
+            assert names == want[mode] | ({"a"} if to else set())
+            assert set(net.trained) == names
+
+
+def test_float32_gram_close_to_float64():
+    x = torch.randn(20, 16, dtype=torch.float64)
+    for mode, sketch in net_grid():
+        h64 = empirical_ntk(_net(mode, sketch, 16, 300, 8, True), x)
+        h32 = empirical_ntk(_net(mode, sketch, 16, 300, 8, True, dtype=torch.float32), x.float())
+        assert h32.dtype == torch.float32
+        assert _rel(h32.double(), h64) < 1e-4
+
+
+def test_autograd_ntk_on_any_module():
+    torch.manual_seed(0)
+    mlp = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh(), torch.nn.Linear(7, 1))
+    mlp = mlp.double()
+    x = torch.randn(4, 5, dtype=torch.float64)
+    h = autograd_ntk(mlp, x)
+    jac = torch.stack([torch.cat([g.flatten() for g in torch.autograd.grad(mlp(x[i:i + 1])[0, 0],
+                                                                          list(mlp.parameters()))])
+                       for i in range(4)])
+    assert torch.allclose(h, jac @ jac.T, atol=1e-12)
+
+
+@requires_cuda
+def test_gram_on_cuda_matches_cpu():
+    x = torch.randn(64, 32, dtype=torch.float64)
+    for mode, sketch in net_grid():
+        cpu = empirical_ntk(_net(mode, sketch, 32, 1000, 8, True), x)
+        gpu = empirical_ntk(_net(mode, sketch, 32, 1000, 8, True).cuda(), x.cuda())
+        assert _rel(gpu.cpu(), cpu) < 1e-10
