@@ -48,7 +48,7 @@ class ModelConfig(BaseModel):
         self, d: int, device: torch.device | str | None = None,
         neurons: tuple[int, int] | None = None,
     ) -> TwoLayerNet:
-        """The net for inputs of dimension d; a bad combination raises ValueError('model.KEY: ...')."""
+        """The net for inputs of dimension d; bad values raise ValueError('model.KEY: ...')."""
         try:
             return TwoLayerNet(d=d, m=self.m, mode=self.mode, k=self.k, sketch=self.sketch,
                                train_output=self.train_output, seed=self.seed, dtype=self.dtype,

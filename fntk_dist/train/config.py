@@ -14,7 +14,9 @@ class TrainConfig(BaseModel):
     optimizer: Literal["gd", "sgd", "adam"] = Field(
         "gd", description="gd: full-batch gradient descent; sgd/adam: mini-batches of batch_size"
     )
-    lr: float | None = Field(None, gt=0, description="step size; default lr_scale / lambda_max(H(0))")
+    lr: float | None = Field(
+        None, gt=0, description="step size; default lr_scale / lambda_max(H(0))"
+    )
     lr_scale: float = Field(1.0, gt=0, description="c in eta = c / lambda_max(H(0))")
     batch_size: int | None = Field(None, ge=1, description="sgd/adam mini-batch; default all")
     log_every: int = Field(1, ge=1)

@@ -80,7 +80,7 @@ def train(cfg: RunConfig, out_dir: Path, progress: bool = True) -> dict:
                 "test_error": float((torch.sign(pred) != torch.sign(y_test)).double().mean())}
 
     steps, losses, drifts, step_seconds = [], [], [], []
-    target_step = None
+    target_step, loss0 = None, None
     try:
         bar = tqdm(range(tc.steps + 1), desc=f"train {cfg.name or out_dir.name}", unit="step",
                    disable=not progress, mininterval=1.0)
@@ -105,7 +105,7 @@ def train(cfg: RunConfig, out_dir: Path, progress: bool = True) -> dict:
                 _sync(device)
                 step_seconds.append(time.perf_counter() - t0)
             if loss_value is not None:
-                loss0 = loss_value if t == 0 else loss0
+                loss0 = loss_value if loss0 is None else loss0
                 if target_step is None and loss_value <= tc.target_ratio * loss0:
                     target_step = t
                 if logging:
