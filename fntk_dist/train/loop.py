@@ -92,18 +92,14 @@ def train(cfg: RunConfig, out_dir: Path, progress: bool = True) -> dict:
             if batch == n:
                 out = blocked_output(net, x, tc.block)
                 loss = 0.5 * ((out - y) ** 2).sum()
-                loss_value = float(loss)
             else:
                 idx = torch.randperm(n, generator=gen)[:batch].to(device)
                 out = blocked_output(net, x[idx], tc.block)
                 loss = 0.5 * (n / batch) * ((out - y[idx]) ** 2).sum()
-                loss_value = full_loss() if logging else None
-            if not last:
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                _sync(device)
-                step_seconds.append(time.perf_counter() - t0)
+            _sync(device)
+            seconds = time.perf_counter() - t0
+            # Everything measured at step t is measured before the update of step t.
+            loss_value = float(loss.detach()) if batch == n else (full_loss() if logging else None)
             if loss_value is not None:
                 loss0 = loss_value if loss0 is None else loss0
                 if target_step is None and loss_value <= tc.target_ratio * loss0:
@@ -112,21 +108,28 @@ def train(cfg: RunConfig, out_dir: Path, progress: bool = True) -> dict:
                     steps.append(t)
                     losses.append(loss_value)
                     row["loss"] = loss_value
-            if logging and step_seconds:
-                sec = step_seconds[-1]
-                row.update(step_seconds=sec, samples_per_s=batch / sec,
-                           gflops=cost.train_step_flops * batch / sec / 1e9)
             if tc.ntk_every and t % tc.ntk_every == 0 or t in (0, tc.steps):
                 row.update(diag.gram(net))
                 row.update(diag.weights(net))
                 row.update(test_metrics())
                 if "gram_drift" in row:
                     drifts.append(row["gram_drift"])
+            if not last:
+                t0 = time.perf_counter()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                _sync(device)
+                step_seconds.append(seconds + time.perf_counter() - t0)
+                if logging:
+                    sec = step_seconds[-1]
+                    row.update(step_seconds=sec, samples_per_s=batch / sec,
+                               gflops=cost.train_step_flops * batch / sec / 1e9)
             if row:
                 tracker.log(row, step=t)
             if logging:
                 bar.set_postfix(loss=f"{losses[-1]:.3e}" if losses else "-", refresh=False)
-        final = diag.gram(net) if diag.forms_gram else {}
+        final = row  # what was measured at the last step
     except BaseException:
         tracker.abort()
         raise
