@@ -6,6 +6,12 @@ import os
 
 import pytest
 import torch
+from hypothesis import settings
+
+# CI runs the same examples every time; locally hypothesis explores new ones.
+settings.register_profile("ci", derandomize=True, deadline=None)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")

@@ -212,11 +212,16 @@ def test_config_path_implies_parquet():
     assert DataConfig(path="a.parquet").source == "parquet" and DataConfig().source == "sphere"
 
 
+def test_config_n_defaults_to_256_sphere_points_and_all_rows_of_files():
+    assert DataConfig().n == 256
+    assert DataConfig(source="digits").n is None and DataConfig(path="a.parquet").n is None
+
+
 @pytest.mark.parametrize("kwargs, key", [
     ({"bogus": 1}, "bogus"), ({"test_fraction": 1.0}, "test_fraction"),
     ({"test_fraction": -0.1}, "test_fraction"), ({"source": "parquet"}, "path"),
     ({"source": "digits", "path": "a.parquet"}, "path"),
-    ({"source": "sphere", "path": "a.parquet"}, "path"), ({"n": None}, "n"), ({"n": 0}, "n"),
+    ({"source": "sphere", "path": "a.parquet"}, "path"), ({"n": 0}, "n"),
     ({"d": 0}, "d"), ({"teacher_width": 0}, "teacher_width"),
 ])
 def test_config_rejects(kwargs, key):

@@ -22,9 +22,9 @@ class DataConfig(BaseModel):
         description="a Parquet file (columns x, y); implies source 'parquet' when source is unset",
     )
     n: int | None = Field(
-        256, ge=1,
-        description="sphere: number of points; digits/parquet: rows kept after a seeded shuffle "
-                    "(null = all)",
+        None, ge=1, validate_default=True,
+        description="sphere: number of points (default 256); digits/parquet: rows kept after a "
+                    "seeded shuffle (default: all)",
     )
     d: int = Field(32, ge=1, description="sphere only: input dimension")
     labels: Literal["sign", "teacher"] = Field("teacher", description="sphere only: label rule")
@@ -54,7 +54,5 @@ class DataConfig(BaseModel):
 
     @field_validator("n")
     @classmethod
-    def _sphere_needs_n(cls, n: int | None, info: ValidationInfo) -> int | None:
-        if n is None and info.data.get("source") == "sphere":
-            raise ValueError("source 'sphere' needs a number of points n >= 1")
-        return n
+    def _sphere_default_n(cls, n: int | None, info: ValidationInfo) -> int | None:
+        return 256 if n is None and info.data.get("source") == "sphere" else n
