@@ -125,13 +125,18 @@ class TwoLayerNet(nn.Module):
             return self.in_sketch(x)
         return x @ self.V.T
 
-    def preact(self, feats: torch.Tensor, i0: int, i1: int) -> torch.Tensor:
-        """Pre-activations <w_r, x> of local neurons [i0, i1): (n, i1 - i0)."""
-        if self.mode == "dense":
-            return feats @ self.W[i0:i1].T
+    def preact(
+        self, feats: torch.Tensor, i0: int, i1: int, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Pre-activations <w_r, x> of local neurons [i0, i1): (n, i1 - i0).
+
+        out: an optional contiguous (n, i1 - i0) buffer to write into (reused across blocks,
+        it spares an allocation per block); fast sketches ignore it.
+        """
         if self.mode == "sketch_out":
             return self.out_sketch(feats, i0, i1)
-        return feats @ self.U[i0:i1].T
+        rows = self.W[i0:i1] if self.mode == "dense" else self.U[i0:i1]
+        return torch.mm(feats, rows.T, out=out) if out is not None else feats @ rows.T
 
     def to_rank(self, y: torch.Tensor, i0: int, i1: int) -> torch.Tensor:
         """Y U[i0:i1]: (n, i1 - i0) -> (n, k), for factorized modes."""

@@ -21,13 +21,21 @@ def default_train_block(net: TwoLayerNet, n: int) -> int:
     return max(64, min(net.m_local, 4096, (1 << 18) // max(1, n)))
 
 
+def _block_buffer(x: torch.Tensor, blocks: list[tuple[int, int]]):
+    """A view maker over one buffer for all blocks: each block's (n, b) view is contiguous."""
+    n, width = x.shape[0], max(i1 - i0 for i0, i1 in blocks)
+    flat = torch.empty(n * width, dtype=x.dtype, device=x.device)
+    return lambda b: flat[: n * b].view(n, b)
+
+
 class _BlockedOutput(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, first, v, a, net, blocks):  # noqa: ARG004 - tensors passed for autograd
         feats = net.features(x)
+        buf = _block_buffer(x, blocks)
         out = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
         for i0, i1 in blocks:
-            out.addmv_(net.preact(feats, i0, i1).relu_(), a[i0:i1])
+            out.addmv_(net.preact(feats, i0, i1, out=buf(i1 - i0)).relu_(), a[i0:i1])
         ctx.save_for_backward(x, feats)
         ctx.net, ctx.blocks = net, blocks
         return out / math.sqrt(net.m)
@@ -42,12 +50,14 @@ class _BlockedOutput(torch.autograd.Function):
         g_first = torch.empty_like(first) if need_first else None
         g_a = torch.empty_like(net.a) if need_a else None
         g_rank = x.new_zeros(x.shape[0], net.k) if need_v else None
+        buf = _block_buffer(x, blocks)
         for i0, i1 in blocks:
-            p = net.preact(feats, i0, i1)
+            # The block is turned in place into relu(P), then into the masked residual S o e,
+            # so it stays in cache and nothing n x block is allocated.
+            p = net.preact(feats, i0, i1, out=buf(i1 - i0)).clamp_(min=0)
             if need_a:
-                g_a[i0:i1] = p.relu().T @ e[:, 0]
-            # p becomes the masked residual S o e in place: the block stays in cache.
-            me = p.clamp_(min=0).sign_().mul_(e)
+                torch.mv(p.T, e[:, 0], out=g_a[i0:i1])
+            me = p.sign_().mul_(e)
             if need_first:
                 torch.mm(me.T, feats, out=g_first[i0:i1])
                 g_first[i0:i1] *= net.a[i0:i1, None]
