@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .data.config import DataConfig
+from .dist.config import DistConfig
 from .models.config import ModelConfig
 from .ntk.config import GramConfig
 from .track.config import TrackingConfig
@@ -32,6 +33,7 @@ class RunConfig(BaseModel):
     train: TrainConfig = Field(default_factory=TrainConfig)
     gram: GramConfig = Field(default_factory=GramConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    dist: DistConfig = Field(default_factory=DistConfig)
 
 
 def _format(err: ValidationError, source: str) -> str:

@@ -22,40 +22,67 @@ def _parser() -> argparse.ArgumentParser:
                        help="override config values, e.g. train.steps=50 model.m=8192")
         s.add_argument("--out", type=Path, help="run folder (default: runs/NAME-TIMESTAMP)")
         s.add_argument("--quiet", action="store_true", help="no progress bar")
+        if name == "gram":
+            s.add_argument("--workers", type=int, metavar="N",
+                           help="compute on Ray with N width-shard actors, into a tile store")
+            s.add_argument("--address", metavar="ADDR",
+                           help="existing Ray cluster (default: RAY_ADDRESS, else embedded)")
+            s.add_argument("--tile", type=int, metavar="T", help="rows per tile")
     return p
 
 
-def _out_dir(args: argparse.Namespace, name: str) -> Path:
+def _dist_overrides(args: argparse.Namespace) -> list[str]:
+    """--workers/--address/--tile are shorthands for dist.* overrides (validated alike)."""
+    flags = {"workers": getattr(args, "workers", None), "address": getattr(args, "address", None),
+             "tile": getattr(args, "tile", None)}
+    return [f"dist.{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]
+
+
+def _out_dir(args: argparse.Namespace, name: str, resumable: bool) -> Path:
+    """The run folder; a finished run is not overwritten, except a resumable tile store."""
     if args.out is None:
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         return Path("runs") / f"{name}-{stamp}"
     if args.out.exists() and not args.out.is_dir():
         raise ValueError(f"--out: {args.out} exists and is not a folder")
-    if (args.out / "summary.json").exists():
+    if not resumable and (args.out / "summary.json").exists():
         raise ValueError(f"--out: {args.out} already holds a finished run (summary.json); "
                          "choose another folder or remove it")
     return args.out
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    # key=value overrides may come before or after the options.
+    args, rest = parser.parse_known_args(argv)
+    unknown = [r for r in rest if r.startswith("-") or "=" not in r]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.overrides = [*args.overrides, *rest]
     # Heavy imports after argument parsing, so `fntk --help` is instant.
     from ..config import load_config
 
     try:
-        cfg = load_config(args.config, args.overrides)
-        out = _out_dir(args, cfg.name)
+        cfg = load_config(args.config, [*args.overrides, *_dist_overrides(args)])
+        distributed = cfg.dist.workers is not None or cfg.dist.address is not None
+        out = _out_dir(args, cfg.name, resumable=args.command == "gram" and distributed)
         if args.command == "train":
             from ..train.loop import train
 
             summary = train(cfg, out, progress=not args.quiet)
             keys = ("initial_loss", "final_loss", "loss_reduction", "steps_to_target",
                     "measured_rate", "predicted_rate", "lambda_min_0", "seconds_per_step")
-        else:
+        elif not distributed:
             from ..gram import run_gram
 
             summary = run_gram(cfg, out, progress=not args.quiet)
             keys = ("n", "lambda_min", "lambda_max", "condition", "gram_rel_err_inf", "seconds")
+        else:
+            from ..dist.gram_job import run_gram_distributed
+
+            summary = run_gram_distributed(cfg, out, progress=not args.quiet)
+            keys = ("n", "workers", "tiles_computed", "tiles_resumed", "lambda_min",
+                    "lambda_max", "condition", "seconds", "tiles_per_s", "gflops")
     except ValueError as err:  # ConfigError, DataError and argument checks all name their key
         print(f"fntk: error: {err}", file=sys.stderr)
         return EXIT_USAGE

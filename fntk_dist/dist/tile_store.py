@@ -1,0 +1,291 @@
+"""On-disk store of the tiles of a symmetric n x n Gram matrix, so a killed job can resume.
+
+Only the tiles (I, J) with J >= I are stored; block I holds rows [I*tile, min((I+1)*tile, n)).
+Every file is written through `atomic_path`, so a crash leaves whole files or stray temporaries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.ipc as ipc
+
+from fntk_dist.atomic import atomic_path, write_json
+
+FORMAT = 1
+DTYPES = ("float64", "float32")
+_TILE_NAME = re.compile(r"t_(\d+)_(\d+)\.arrow")
+_KEY = re.compile(r"(\d+)_(\d+)")
+
+
+class TileStoreError(ValueError):
+    """A tile store that cannot be used as asked; the message names its folder."""
+
+
+def _posint(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 1
+
+
+def _order(key: str) -> tuple[int, ...]:
+    m = _KEY.fullmatch(key)
+    return (int(m[1]), int(m[2])) if m else (1 << 62,)
+
+
+def _encode(block: np.ndarray) -> bytes:
+    r, c = block.shape
+    field = pa.field("v", pa.from_numpy_dtype(block.dtype))
+    schema = pa.schema([field], metadata={"shape": f"{r},{c}"})
+    sink = pa.BufferOutputStream()
+    with ipc.new_file(sink, schema) as w:
+        w.write_table(pa.table({"v": block.reshape(-1)}, schema=schema))
+    return sink.getvalue().to_pybytes()
+
+
+def _decode(data: bytes) -> np.ndarray:
+    """The tile in `data`; raises (ArrowException, KeyError, ValueError, TypeError) if malformed."""
+    reader = ipc.open_file(pa.BufferReader(data))
+    table = reader.read_all()
+    shape = tuple(int(s) for s in reader.schema.metadata[b"shape"].decode().split(","))
+    if table.column_names != ["v"] or len(shape) != 2:
+        raise ValueError("not a tile")
+    return np.array(table.column("v").to_numpy(), copy=True).reshape(shape)
+
+
+class TileStore:
+    """Tiles of one Gram matrix under one folder; see the module docstring for the layout."""
+
+    def __init__(self, path: Path, manifest: dict) -> None:
+        self.path = path
+        self.config_hash: str = manifest["config_hash"]
+        self.n: int = manifest["n"]
+        self.tile: int = manifest["tile"]
+        self.dtype: str = manifest["dtype"]
+        self.meta: dict = manifest["meta"]
+        self._tiles: dict[str, dict] = manifest["tiles"]
+
+    @classmethod
+    def create_or_open(
+        cls, path: str | Path, *, config_hash: str, n: int, tile: int,
+        dtype: str = "float64", meta: dict | None = None,
+    ) -> TileStore:
+        """Opens the store in `path` for this config, or starts one in a new or empty folder.
+
+        Reopening keeps the stored meta: the config hash, not meta, says what the tiles are.
+        """
+        path = Path(path)
+        for name, val in (("n", n), ("tile", tile)):
+            if not _posint(val):
+                raise TileStoreError(f"{path}: {name} must be an integer >= 1, got {val!r}")
+        if dtype not in DTYPES:
+            raise TileStoreError(f"{path}: dtype must be one of {DTYPES}, got {dtype!r}")
+        if path.exists() and not path.is_dir():
+            raise TileStoreError(f"{path} is a file, not a tile store folder")
+        if (path / "manifest.json").exists():
+            store = cls.open(path)
+            want = {"config_hash": config_hash, "n": n, "tile": tile, "dtype": dtype}
+            diff = [k for k, v in want.items() if getattr(store, k) != v]
+            if diff:
+                raise TileStoreError(
+                    f"{path} holds the Gram of another config (stored {store.config_hash[:12]}, "
+                    f"asked {config_hash[:12]}; differs in {', '.join(diff)}): "
+                    "choose another folder or remove it"
+                )
+            return store
+        if path.is_dir() and any(path.iterdir()):
+            raise TileStoreError(f"{path} is not empty and has no manifest.json: refusing to write")
+        manifest = {"format": FORMAT, "config_hash": config_hash, "n": n, "tile": tile,
+                    "dtype": dtype, "meta": dict(meta or {}), "tiles": {}}
+        store = cls(path, manifest)
+        store._save()
+        return store
+
+    @classmethod
+    def open(cls, path: str | Path) -> TileStore:
+        """Opens an existing store without checking its config (for reading)."""
+        path = Path(path)
+        try:
+            m = json.loads((path / "manifest.json").read_text())
+        except FileNotFoundError:
+            raise TileStoreError(f"{path}: no manifest.json, not a tile store") from None
+        except (OSError, ValueError) as e:
+            raise TileStoreError(f"{path}: unreadable manifest.json ({e})") from None
+        ok = (isinstance(m, dict) and m.get("format") == FORMAT
+              and isinstance(m.get("config_hash"), str) and _posint(m.get("n"))
+              and _posint(m.get("tile")) and m.get("dtype") in DTYPES
+              and isinstance(m.get("meta"), dict) and isinstance(m.get("tiles"), dict))
+        if not ok:
+            raise TileStoreError(f"{path}: garbled manifest.json (not a format-{FORMAT} store)")
+        return cls(path, m)
+
+    def grid(self) -> int:
+        """Number of row blocks."""
+        return -(-self.n // self.tile)
+
+    def bounds(self, i: int) -> tuple[int, int]:
+        """Rows [lo, hi) of block i."""
+        if not 0 <= i < self.grid():
+            raise TileStoreError(f"{self.path}: block {i} outside 0..{self.grid() - 1}")
+        return i * self.tile, min((i + 1) * self.tile, self.n)
+
+    def all_tiles(self) -> list[tuple[int, int]]:
+        """Every (I, J) with J >= I, row-major."""
+        g = self.grid()
+        return [(i, j) for i in range(g) for j in range(i, g)]
+
+    def _shape(self, i: int, j: int) -> tuple[int, int]:
+        (r0, r1), (c0, c1) = self.bounds(i), self.bounds(j)
+        return r1 - r0, c1 - c0
+
+    def _rel(self, i: int, j: int) -> str:
+        return f"tiles/t_{i}_{j}.arrow"
+
+    def _save(self) -> None:
+        order = sorted(self._tiles, key=_order)
+        write_json(self.path / "manifest.json", {
+            "format": FORMAT, "config_hash": self.config_hash, "n": self.n, "tile": self.tile,
+            "dtype": self.dtype, "meta": self.meta, "tiles": {k: self._tiles[k] for k in order},
+        })
+
+    def _entry(self, i: int, j: int, data: bytes) -> dict:
+        (r0, r1), (c0, c1) = self.bounds(i), self.bounds(j)
+        return {"file": self._rel(i, j), "rows": [r0, r1], "cols": [c0, c1],
+                "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+
+    def verify(self) -> tuple[set[tuple[int, int]], list[tuple[int, int]]]:
+        """(done, corrupt); drops bad tiles, adopts valid unlisted files, deletes the rest."""
+        valid = set(self.all_tiles())
+        done: set[tuple[int, int]] = set()
+        corrupt: list[tuple[int, int]] = []
+        changed = False
+        for key, entry in list(self._tiles.items()):
+            m = _KEY.fullmatch(key)
+            ij = (int(m[1]), int(m[2])) if m and key == f"{int(m[1])}_{int(m[2])}" else None
+            if ij in valid and isinstance(entry, dict) and entry.get("file") == self._rel(*ij):
+                f = self.path / entry["file"]
+                data = f.read_bytes() if f.is_file() else None
+                if data is not None and self._entry(*ij, data) == entry:
+                    done.add(ij)
+                    continue
+                f.unlink(missing_ok=True)
+                corrupt.append(ij)
+            del self._tiles[key]  # a key naming no tile of this grid is dropped silently
+            changed = True
+        tdir = self.path / "tiles"
+        for f in sorted(tdir.iterdir()) if tdir.is_dir() else []:
+            if not f.is_file():
+                continue
+            m = _TILE_NAME.fullmatch(f.name)
+            ij = (int(m[1]), int(m[2])) if m else None
+            if ij in done:
+                continue
+            # A driver killed between the tile rename and the manifest update leaves such files.
+            if ij in valid and f.name == Path(self._rel(*ij)).name:
+                data = f.read_bytes()
+                try:
+                    arr = _decode(data)
+                    good = arr.shape == self._shape(*ij) and arr.dtype == np.dtype(self.dtype)
+                except (pa.ArrowException, KeyError, ValueError, TypeError):
+                    good = False
+                if good:
+                    self._tiles[f"{ij[0]}_{ij[1]}"] = self._entry(*ij, data)
+                    done.add(ij)
+                    changed = True
+                    continue
+            f.unlink()
+        if changed:
+            self._save()
+        return done, sorted(corrupt)
+
+    def missing(self) -> list[tuple[int, int]]:
+        """Tiles still to compute, row-major (runs verify)."""
+        done, _ = self.verify()
+        return [t for t in self.all_tiles() if t not in done]
+
+    def complete(self) -> bool:
+        """Whether the manifest lists every tile (checksums are checked on read)."""
+        return all(f"{i}_{j}" in self._tiles for i, j in self.all_tiles())
+
+    def disk_bytes(self) -> int:
+        """Total bytes of the stored tile files."""
+        files = (self.path / e["file"] for e in self._tiles.values())
+        return sum(f.stat().st_size for f in files if f.is_file())
+
+    def write(self, i: int, j: int, block: np.ndarray) -> None:
+        """Stores tile (i, j), j >= i, in the store dtype: the file first, then the manifest."""
+        if j < i:
+            raise TileStoreError(f"{self.path}: tile ({i}, {j}) below the diagonal; store (j, i)")
+        shape = self._shape(i, j)
+        block = np.asarray(block)
+        if block.shape != shape:
+            raise TileStoreError(f"{self.path}: tile ({i}, {j}) must be {shape}, got {block.shape}")
+        data = _encode(np.ascontiguousarray(block, dtype=self.dtype))
+        with atomic_path(self.path / self._rel(i, j)) as tmp:
+            tmp.write_bytes(data)
+        self._tiles[f"{i}_{j}"] = self._entry(i, j, data)
+        self._save()
+
+    def read(self, i: int, j: int) -> np.ndarray:
+        """Tile (i, j) after checking its checksum."""
+        f = self.path / self._rel(i, j)
+        entry = self._tiles.get(f"{i}_{j}")
+        if entry is None or not f.is_file():
+            raise TileStoreError(f"{self.path}: tile file {f.name} is not stored")
+        data = f.read_bytes()
+        if self._entry(i, j, data) != entry:
+            raise TileStoreError(f"{self.path}: tile file {f.name} fails its checksum")
+        return _decode(data)
+
+    def iter_tiles(self) -> Iterator[tuple[int, int, np.ndarray]]:
+        """(i, j, tile) for each stored tile, row-major, each read once."""
+        for i, j in self.all_tiles():
+            if f"{i}_{j}" in self._tiles:
+                yield i, j, self.read(i, j)
+
+    def _require_complete(self) -> None:
+        total = self.all_tiles()
+        lost = sum(f"{i}_{j}" not in self._tiles for i, j in total)
+        if lost:
+            msg = f"{lost} of {len(total)} tiles missing; rerun the job"
+            raise TileStoreError(f"{self.path}: {msg}")
+
+    def assemble(self) -> np.ndarray:
+        """The full symmetric (n, n) matrix in the store dtype."""
+        self._require_complete()
+        h = np.empty((self.n, self.n), dtype=self.dtype)
+        for i, j, b in self.iter_tiles():
+            (r0, r1), (c0, c1) = self.bounds(i), self.bounds(j)
+            h[r0:r1, c0:c1] = b
+            if i != j:
+                h[c0:c1, r0:r1] = b.T
+        return h
+
+    def matvec(self, v: np.ndarray) -> np.ndarray:
+        """H @ v in float64 for v of shape (n,) or (n, p), streaming each tile once."""
+        v = np.asarray(v, dtype=np.float64)
+        if v.ndim not in (1, 2) or v.shape[0] != self.n:
+            raise TileStoreError(f"{self.path}: matvec needs shape ({self.n},) or ({self.n}, p)")
+        self._require_complete()
+        out = np.zeros_like(v)
+        for i, j, b in self.iter_tiles():
+            (r0, r1), (c0, c1) = self.bounds(i), self.bounds(j)
+            b = b.astype(np.float64, copy=False)
+            out[r0:r1] += b @ v[c0:c1]
+            if i != j:
+                out[c0:c1] += b.T @ v[r0:r1]
+        return out
+
+
+def load_gram(path: str | Path) -> np.ndarray:
+    """The full Gram matrix stored in `path`."""
+    return TileStore.open(path).assemble()
+
+
+def iter_tiles(path: str | Path) -> Iterator[tuple[int, int, np.ndarray]]:
+    """(i, j, tile) for each tile stored in `path`, row-major."""
+    return TileStore.open(path).iter_tiles()

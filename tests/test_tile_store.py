@@ -1,0 +1,179 @@
+"""Tile store: round trip, resume, refusal of foreign folders and configs, corruption recovery."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fntk_dist.dist.tile_store import TileStore, TileStoreError, iter_tiles, load_gram
+
+N, TILE = 23, 5  # grid of 5 blocks, the last 3 rows
+
+
+def sym(n: int, seed: int = 0) -> np.ndarray:
+    a = np.random.default_rng(seed).standard_normal((n, n))
+    return a + a.T
+
+
+def fill(store: TileStore, h: np.ndarray) -> None:
+    for i, j in store.all_tiles():
+        (r0, r1), (c0, c1) = store.bounds(i), store.bounds(j)
+        store.write(i, j, h[r0:r1, c0:c1])
+
+
+def new(path, **kw) -> TileStore:
+    args = {"config_hash": "abc123" * 8, "n": N, "tile": TILE} | kw
+    return TileStore.create_or_open(path, **args)
+
+
+@pytest.fixture
+def full(tmp_path):
+    h = sym(N)
+    store = new(tmp_path / "g", meta={"who": "test"})
+    fill(store, h)
+    return store, h
+
+
+def test_round_trip(full):
+    store, h = full
+    assert store.grid() == 5 and store.bounds(4) == (20, 23)
+    assert store.complete()
+    np.testing.assert_array_equal(store.assemble(), h)
+    np.testing.assert_array_equal(load_gram(store.path), h)
+    v = np.random.default_rng(1).standard_normal((N, 3))
+    np.testing.assert_allclose(store.matvec(v[:, 0]), h @ v[:, 0], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(store.matvec(v), h @ v, rtol=1e-12, atol=1e-12)
+    seen = [(i, j) for i, j, _ in iter_tiles(store.path)]
+    assert seen == store.all_tiles() and len(seen) == 15
+    m = json.loads((store.path / "manifest.json").read_text())
+    assert m["meta"] == {"who": "test"} and m["tiles"]["4_4"]["rows"] == [20, 23]
+    assert store.disk_bytes() == sum(t["bytes"] for t in m["tiles"].values())
+
+
+def test_resume(tmp_path):
+    h = sym(N)
+    store = new(tmp_path)
+    todo = store.missing()
+    assert len(todo) == 15
+    for k, (i, j) in enumerate(todo[:7]):
+        (r0, r1), (c0, c1) = store.bounds(i), store.bounds(j)
+        store.write(i, j, h[r0:r1, c0:c1])
+        assert len(store.missing()) == 14 - k
+    again = new(tmp_path)
+    assert again.missing() == todo[7:] and not again.complete()
+    fill(again, h)
+    assert again.complete() and again.missing() == []
+    np.testing.assert_array_equal(again.assemble(), h)
+
+
+@pytest.mark.parametrize(
+    "kw", [{"config_hash": "ffff" * 10}, {"n": 24}, {"tile": 6}, {"dtype": "float32"}]
+)
+def test_other_config_refused(tmp_path, kw):
+    new(tmp_path)
+    with pytest.raises(TileStoreError, match="another config"):
+        new(tmp_path, **kw)
+
+
+def test_bad_folders_and_args(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(TileStoreError, match="is a file"):
+        new(f)
+    (tmp_path / "theirs").mkdir()
+    (tmp_path / "theirs" / "notes.txt").write_text("mine")
+    with pytest.raises(TileStoreError, match="not empty"):
+        new(tmp_path / "theirs")
+    with pytest.raises(TileStoreError, match="n must be"):
+        new(tmp_path / "a", n=0)
+    with pytest.raises(TileStoreError, match="tile must"):
+        new(tmp_path / "a", tile=0)
+    with pytest.raises(TileStoreError, match="no manifest"):
+        TileStore.open(tmp_path / "nowhere")
+    (tmp_path / "garbled").mkdir()
+    (tmp_path / "garbled" / "manifest.json").write_text("{not json")
+    with pytest.raises(TileStoreError, match="manifest"):
+        TileStore.open(tmp_path / "garbled")
+
+
+def test_corrupt_tile(full):
+    store, h = full
+    f = store.path / "tiles" / "t_1_3.arrow"
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    f.write_bytes(bytes(data))
+    with pytest.raises(TileStoreError, match="t_1_3.arrow"):
+        store.read(1, 3)
+    done, corrupt = store.verify()
+    assert corrupt == [(1, 3)] and len(done) == 14 and not f.exists()
+    assert store.missing() == [(1, 3)]
+    with pytest.raises(TileStoreError, match="1 of 15 tiles missing"):
+        store.assemble()
+    with pytest.raises(TileStoreError, match="1 of 15"):
+        TileStore.open(store.path).matvec(np.ones(N))
+
+
+def unlist(store: TileStore, key: str) -> None:
+    path = store.path / "manifest.json"
+    manifest = json.loads(path.read_text())
+    del manifest["tiles"][key]
+    path.write_text(json.dumps(manifest))
+
+
+def test_unlisted_files(full):
+    store, _ = full
+    tiles = store.path / "tiles"
+    unlist(store, "0_0")  # a kill between the tile rename and the manifest update
+    unlist(store, "2_2")
+    (tiles / "t_2_2.arrow").write_bytes(b"garbage")
+    unlist(store, "4_4")
+    (tiles / "t_4_4.arrow").write_bytes((tiles / "t_0_1.arrow").read_bytes())  # 5x5, not 3x3
+    stray = tiles / ".t_0_0.arrow.xxx.tmp"
+    stray.write_bytes(b"partial")
+    outside = tiles / "t_9_9.arrow"
+    outside.write_bytes(b"junk")
+    reopened = new(store.path)
+    assert reopened.missing() == [(2, 2), (4, 4)]
+    assert "0_0" in json.loads((store.path / "manifest.json").read_text())["tiles"]
+    np.testing.assert_array_equal(reopened.read(0, 0), store.read(0, 0))
+    gone = [stray, outside, tiles / "t_2_2.arrow", tiles / "t_4_4.arrow"]
+    assert not any(f.exists() for f in gone)
+
+
+def test_write_checks(tmp_path):
+    store = new(tmp_path)
+    with pytest.raises(TileStoreError, match="must be"):
+        store.write(0, 4, np.zeros((5, 5)))
+    with pytest.raises(TileStoreError, match="below the diagonal"):
+        store.write(1, 0, np.zeros((5, 5)))
+    with pytest.raises(TileStoreError, match="not stored"):
+        store.read(0, 0)
+    assert store.missing() == store.all_tiles()
+
+
+def test_float32(tmp_path):
+    h = sym(N)
+    store = new(tmp_path, dtype="float32")
+    fill(store, h)
+    g = load_gram(tmp_path)
+    assert g.dtype == np.float32
+    np.testing.assert_array_equal(g, h.astype(np.float32))
+    r = store.matvec(np.ones(N))
+    assert r.dtype == np.float64
+    np.testing.assert_allclose(r, h.astype(np.float32).astype(np.float64).sum(1), rtol=1e-12)
+
+
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(1, 30), tile=st.integers(1, 10), seed=st.integers(0, 2**16))
+def test_round_trip_property(n, tile, seed):
+    h = sym(n, seed)
+    with tempfile.TemporaryDirectory() as d:
+        store = TileStore.create_or_open(d, config_hash="h", n=n, tile=tile)
+        fill(store, h)
+        assert store.complete()
+        np.testing.assert_array_equal(load_gram(d), h)
