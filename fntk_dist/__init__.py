@@ -8,6 +8,7 @@ from .ntk import (
     empirical_ntk,
     ntk_matvec,
     spectrum,
+    spectrum_from_matmat,
     spectrum_from_matvec,
 )
 
@@ -15,5 +16,5 @@ __version__ = "0.1.0"
 
 __all__ = [
     "NetCost", "Spectrum", "TwoLayerNet", "analytic_ntk", "autograd_ntk", "empirical_ntk",
-    "ntk_matvec", "spectrum", "spectrum_from_matvec",
+    "ntk_matvec", "spectrum", "spectrum_from_matmat", "spectrum_from_matvec",
 ]

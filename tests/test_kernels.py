@@ -12,6 +12,7 @@ from fntk_dist import (
     empirical_ntk,
     ntk_matvec,
     spectrum,
+    spectrum_from_matmat,
     spectrum_from_matvec,
 )
 
@@ -64,3 +65,6 @@ def test_spectrum_from_matrix_and_from_matvec_agree():
     it = spectrum_from_matvec(mv, 80, top=4)
     assert it.lambda_min == pytest.approx(dense.lambda_min, rel=1e-6)
     assert it.top == pytest.approx(dense.top, rel=1e-8)
+    blocked, resid = spectrum_from_matmat(lambda v: h.numpy() @ v, 80, top=4, block=8)
+    assert blocked.lambda_min == pytest.approx(dense.lambda_min, rel=1e-6) and resid < 1e-6
+    assert blocked.top == pytest.approx(dense.top, rel=1e-8)

@@ -8,6 +8,9 @@ import json
 import sys
 from pathlib import Path
 
+from .study import add_parsers as add_study_parsers
+from .study import run as run_study
+
 EXIT_USAGE = 2  # bad config, data or arguments: one message, no traceback
 
 
@@ -28,6 +31,7 @@ def _parser() -> argparse.ArgumentParser:
             s.add_argument("--address", metavar="ADDR",
                            help="existing Ray cluster (default: RAY_ADDRESS, else embedded)")
             s.add_argument("--tile", type=int, metavar="T", help="rows per tile")
+    add_study_parsers(sub)
     return p
 
 
@@ -58,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [r for r in rest if r.startswith("-") or "=" not in r]
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if args.command in ("sweep", "report"):
+        return run_study(args, rest)
     args.overrides = [*args.overrides, *rest]
     # Heavy imports after argument parsing, so `fntk --help` is instant.
     from ..config import load_config

@@ -23,12 +23,14 @@ def _probe(address: str, timeout: float) -> None:
         ) from None
 
 
-def connect(address: str | None, timeout: float = 15.0, min_cpus: int = 1) -> str:
+def connect(address: str | None, timeout: float = 15.0, min_cpus: int = 1,
+            log_to_driver: bool = False) -> str:
     """Connect this process to Ray; returns 'embedded' or the address joined.
 
     address (or RAY_ADDRESS): join that cluster, after checking within `timeout` seconds that
     something listens there. Neither: start a local cluster bound to 127.0.0.1 with at least
     min_cpus logical CPUs (so every shard actor is scheduled on a small machine).
+    log_to_driver: show the workers' output here (Ray Train's progress bar needs it).
     """
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address not in (None, "auto"):
@@ -47,9 +49,10 @@ def connect(address: str | None, timeout: float = 15.0, min_cpus: int = 1) -> st
 
         ray_constants.ENABLE_RAY_CLUSTER = False
         ray.init(num_cpus=max(os.cpu_count() or 1, min_cpus), include_dashboard=False,
-                 _node_ip_address="127.0.0.1", configure_logging=False, log_to_driver=False)
+                 _node_ip_address="127.0.0.1", configure_logging=False,
+                 log_to_driver=log_to_driver)
         return "embedded"
-    ray.init(address=address, configure_logging=False, log_to_driver=False)
+    ray.init(address=address, configure_logging=False, log_to_driver=log_to_driver)
     return address
 
 

@@ -4,9 +4,9 @@ from .analytic import analytic_ntk
 from .autograd import autograd_ntk
 from .empirical import GramPartial, empirical_ntk, finish_gram, gram_partial
 from .matvec import ntk_matvec
-from .spectrum import Spectrum, spectrum, spectrum_from_matvec
+from .spectrum import Spectrum, spectrum, spectrum_from_matmat, spectrum_from_matvec
 
 __all__ = [
     "GramPartial", "Spectrum", "analytic_ntk", "autograd_ntk", "empirical_ntk", "finish_gram",
-    "gram_partial", "ntk_matvec", "spectrum", "spectrum_from_matvec",
+    "gram_partial", "ntk_matvec", "spectrum", "spectrum_from_matmat", "spectrum_from_matvec",
 ]

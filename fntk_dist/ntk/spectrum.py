@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from scipy.sparse.linalg import LinearOperator, eigsh
+from scipy.sparse.linalg import LinearOperator, eigsh, lobpcg
 
 
 @dataclass(frozen=True)
@@ -56,3 +57,37 @@ def spectrum_from_matvec(
                              dtype=float)
     mu = eigsh(flipped, k=1, which="LA", tol=tol, maxiter=maxiter, return_eigenvectors=False)
     return _make(shift - float(mu[0]), vals)
+
+
+def spectrum_from_matmat(
+    matmat: Callable[[np.ndarray], np.ndarray], n: int, top: int = 5, block: int = 32,
+    rtol: float = 1e-6, maxiter: int = 500, seed: int = 0,
+) -> tuple[Spectrum, float]:
+    """Top eigenvalues and lambda_min of a PSD operator given by H @ V for blocks V (n, p).
+
+    Block LOBPCG: each pass over H serves `block` vectors, which makes a pass over a Gram
+    streamed from disk about as cheap per vector as a dense GEMM, where a Lanczos mat-vec is
+    bound by the disk. Returns the spectrum and the residual ||H v - lambda_min v|| / lambda_max
+    of the lambda_min eigenpair, so a caller can tell how well it converged (stops at rtol or
+    after maxiter passes).
+    """
+    b = max(block, top)
+    if n <= 5 * b:  # too small for LOBPCG: the matrix itself, column block by column block
+        spec = spectrum(matmat(np.eye(n)), top)
+        return spec, 0.0
+    def op(v: np.ndarray) -> np.ndarray:
+        return np.asarray(matmat(v.reshape(n, -1)), float).reshape(v.shape)
+
+    rng = np.random.default_rng(seed)
+    x0 = rng.standard_normal((n, b))
+    scale = float(np.linalg.norm(op(x0)) / np.linalg.norm(x0))  # <= lambda_max
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # non-convergence: the residual says it
+        vals, _ = lobpcg(op, x0, largest=True, maxiter=maxiter, tol=rtol * scale)
+        lmax = float(vals.max())
+        low, vecs = lobpcg(op, rng.standard_normal((n, b)), largest=False, maxiter=maxiter,
+                           tol=rtol * lmax)
+    i = int(np.argmin(low))
+    v = vecs[:, i:i + 1]
+    resid = float(np.linalg.norm(op(v) - low[i] * v) / (np.linalg.norm(v) * lmax))
+    return _make(float(low[i]), sorted((float(x) for x in vals), reverse=True)[:top]), resid

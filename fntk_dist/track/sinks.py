@@ -52,13 +52,15 @@ def wandb_mode(cfg: TrackingConfig) -> str:
 
 
 class WandbSink:
-    def __init__(self, cfg: TrackingConfig, out_dir: Path, name: str, config: dict) -> None:
+    def __init__(self, cfg: TrackingConfig, out_dir: Path, name: str, config: dict,
+                 run_id: str | None = None) -> None:
         import wandb  # lazily: runs with tracking.wandb false never import it
 
+        # A run_id lets a restarted process (a recovered distributed run) continue the W&B run.
         self.run = wandb.init(
             project=cfg.project, entity=cfg.entity, name=cfg.name or name, group=cfg.group,
             tags=cfg.tags or None, config=config, dir=str(out_dir), mode=wandb_mode(cfg),
-            reinit="finish_previous",
+            reinit="finish_previous", id=run_id, resume="allow" if run_id else None,
         )
 
     def log(self, row: dict[str, Any], step: int) -> None:
@@ -93,8 +95,13 @@ class Tracker:
             s.abort()
 
 
-def make_tracker(cfg: TrackingConfig, out_dir: Path, name: str, config: dict) -> Tracker:
-    sinks: list[Sink] = [RunFolderSink(out_dir)]
+def make_tracker(cfg: TrackingConfig, out_dir: Path, name: str, config: dict,
+                 run_id: str | None = None, rows: list[dict] | None = None) -> Tracker:
+    """rows: metrics already logged (by a run resumed from a checkpoint)."""
+    folder = RunFolderSink(out_dir)
+    if rows is not None:
+        folder.rows = rows  # shared: the caller reads what was logged
+    sinks: list[Sink] = [folder]
     if cfg.wandb and wandb_mode(cfg) != "disabled":
-        sinks.append(WandbSink(cfg, out_dir, name, config))
+        sinks.append(WandbSink(cfg, out_dir, name, config, run_id))
     return Tracker(sinks)

@@ -2,19 +2,26 @@
 
 Gram terms (lambda_min(H(t)), ||H(t) - H(0)||_2) need the n x n Gram, formed only while
 n <= gram_max_n; the weight terms (largest neuron move, flipped activation patterns) walk the
-neurons in blocks at any size.
+neurons in blocks at any size. A width-sharded run passes `width`, whose sum_width/max_width
+reduce a shard's sums over the other shards of its replica (see fntk_dist.dist.mesh).
 """
 
 from __future__ import annotations
 
 import copy
 import math
+from typing import Protocol
 
 import torch
 
 from ..models.net import TwoLayerNet
 from ..ntk import analytic_ntk, empirical_ntk, spectrum
-from ..ntk.empirical import neuron_blocks
+from ..ntk.empirical import finish_gram, gram_partial, neuron_blocks
+
+
+class WidthReduce(Protocol):
+    def sum_width(self, t: torch.Tensor) -> torch.Tensor: ...
+    def max_width(self, t: torch.Tensor) -> torch.Tensor: ...
 
 
 def _norm2(h: torch.Tensor) -> float:
@@ -25,13 +32,13 @@ def _norm2(h: torch.Tensor) -> float:
 
 class Diagnostics:
     def __init__(self, net: TwoLayerNet, x: torch.Tensor, gram_max_n: int, block: int | None,
-                 top: int = 5) -> None:
-        self.x, self.block, self.top = x, block, top
+                 top: int = 5, width: WidthReduce | None = None) -> None:
+        self.x, self.block, self.top, self.width = x, block, top, width
         self.net0 = copy.deepcopy(net).requires_grad_(False)
         self.forms_gram = x.shape[0] <= gram_max_n
         self.h0 = self.spec0 = self.spec_inf = self.rel_err_inf = None
         if self.forms_gram:
-            self.h0 = empirical_ntk(net, x, block=block)
+            self.h0 = self._gram(net)
             self.spec0 = spectrum(self.h0, top)
             ax = net.analytic_inputs(x)
             if ax is not None:
@@ -39,10 +46,20 @@ class Diagnostics:
                 self.spec_inf = spectrum(h_inf, top)
                 self.rel_err_inf = _norm2(self.h0 - h_inf) / _norm2(h_inf)
 
+    def _gram(self, net: TwoLayerNet) -> torch.Tensor:
+        if self.width is None:
+            return empirical_ntk(net, self.x, block=self.block)
+        with torch.no_grad():
+            part = gram_partial(net, self.x, block=self.block)
+            for t in (part.ss, part.rr, part.g1):  # g2 is g1 here: X against itself
+                if t is not None:
+                    self.width.sum_width(t)
+            return finish_gram(net, part, self.x)
+
     def gram(self, net: TwoLayerNet) -> dict[str, float]:
         if not self.forms_gram:
             return {}
-        h = empirical_ntk(net, self.x, block=self.block)
+        h = self._gram(net)
         return {"lambda_min": spectrum(h, 1).lambda_min, "gram_drift": _norm2(h - self.h0)}
 
     @torch.no_grad()
@@ -54,8 +71,10 @@ class Diagnostics:
             dw = net.neuron_weights(i0, i1) - self.net0.neuron_weights(i0, i1)
             move = max(move, float(dw.norm(dim=1).max()))
             flips += int(((net.preact(f, i0, i1) > 0) != (self.net0.preact(f0, i0, i1) > 0)).sum())
-        return {"max_weight_change": move,
-                "flip_fraction": flips / (self.x.shape[0] * net.m_local)}
+        if self.width is not None:
+            move = float(self.width.max_width(torch.tensor(move, dtype=torch.float64)))
+            flips = int(self.width.sum_width(torch.tensor(flips, dtype=torch.int64)))
+        return {"max_weight_change": move, "flip_fraction": flips / (self.x.shape[0] * net.m)}
 
 
 def fitted_rate(steps: list[int], losses: list[float], floor: float) -> float | None:

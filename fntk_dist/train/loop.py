@@ -19,8 +19,8 @@ from ..data import load_dataset
 from ..models.validation import as_dtype
 from ..track import make_tracker
 from .blocked import blocked_output
-from .diagnostics import Diagnostics, fitted_rate
-from .plots import plot_loss
+from .diagnostics import Diagnostics
+from .summary import finish_run
 
 
 def resolve_device(name: str) -> torch.device:
@@ -64,8 +64,9 @@ def train(cfg: RunConfig, out_dir: Path, progress: bool = True) -> dict:
     cost = net.cost()
     x_test = torch.as_tensor(data.x_test, dtype=dt, device=device)
     y_test = torch.as_tensor(data.y_test, dtype=dt, device=device)
+    rows: list[dict] = []  # what the tracker logs, kept for the summary
     tracker = make_tracker(cfg.tracking, out_dir, cfg.name or out_dir.name,
-                           cfg.model_dump(mode="json"))
+                           cfg.model_dump(mode="json"), rows=rows)
 
     def full_loss() -> float:
         with torch.no_grad():
@@ -79,7 +80,7 @@ def train(cfg: RunConfig, out_dir: Path, progress: bool = True) -> dict:
         return {"test_mse": float(((pred - y_test) ** 2).mean()),
                 "test_error": float((torch.sign(pred) != torch.sign(y_test)).double().mean())}
 
-    steps, losses, drifts, step_seconds = [], [], [], []
+    step_seconds: list[float] = []
     target_step, loss0 = None, None
     try:
         bar = tqdm(range(tc.steps + 1), desc=f"train {cfg.name or out_dir.name}", unit="step",
@@ -105,15 +106,11 @@ def train(cfg: RunConfig, out_dir: Path, progress: bool = True) -> dict:
                 if target_step is None and loss_value <= tc.target_ratio * loss0:
                     target_step = t
                 if logging:
-                    steps.append(t)
-                    losses.append(loss_value)
                     row["loss"] = loss_value
             if tc.ntk_every and t % tc.ntk_every == 0 or t in (0, tc.steps):
                 row.update(diag.gram(net))
                 row.update(diag.weights(net))
                 row.update(test_metrics())
-                if "gram_drift" in row:
-                    drifts.append(row["gram_drift"])
             if not last:
                 t0 = time.perf_counter()
                 opt.zero_grad(set_to_none=True)
@@ -128,44 +125,13 @@ def train(cfg: RunConfig, out_dir: Path, progress: bool = True) -> dict:
             if row:
                 tracker.log(row, step=t)
             if logging:
-                bar.set_postfix(loss=f"{losses[-1]:.3e}" if losses else "-", refresh=False)
-        final = row  # what was measured at the last step
+                bar.set_postfix(loss=f"{loss_value:.3e}" if loss_value is not None else "-",
+                                refresh=False)
     except BaseException:
         tracker.abort()
         raise
 
-    spec0, spec_inf = diag.spec0, diag.spec_inf
-    lam0 = spec0.lambda_min if spec0 else None
-    lam_inf = spec_inf.lambda_min if spec_inf else None
-    gd = tc.optimizer == "gd"
-    rates = {
-        "predicted (1 - eta lambda_min(H0))^2": (1 - eta * lam0) ** 2 if gd and lam0 else None,
-        "Du et al. 1 - eta lambda_inf / 2": 1 - eta * lam_inf / 2 if gd and lam_inf else None,
-    }
-    mean_step = sum(step_seconds) / len(step_seconds) if step_seconds else None
-    summary = {
-        "name": cfg.name or out_dir.name, "n": n, "d": data.d, "n_test": int(y_test.numel()),
-        "mode": net.mode, "m": net.m, "k": net.k, "sketch": net.sketch,
-        "train_output": net.train_output, "optimizer": tc.optimizer, "eta": eta,
-        "steps": tc.steps, "trainable_params": cost.trainable_params,
-        "flops_per_step": cost.train_step_flops * batch,
-        "lambda_min_0": lam0, "lambda_max_0": spec0.lambda_max if spec0 else None,
-        "lambda_inf": lam_inf, "gram_rel_err_inf": diag.rel_err_inf,
-        "lambda_min_final": final.get("lambda_min"),
-        "max_gram_drift": max(drifts) if drifts else None,
-        "initial_loss": losses[0], "final_loss": losses[-1],
-        "loss_reduction": losses[0] / losses[-1] if losses[-1] > 0 else float("inf"),
-        "steps_to_target": target_step, "target_ratio": tc.target_ratio,
-        "measured_rate": fitted_rate(steps, losses, tc.target_ratio * losses[0]),
-        "predicted_rate": rates["predicted (1 - eta lambda_min(H0))^2"],
-        "predicted_rate_du": rates["Du et al. 1 - eta lambda_inf / 2"],
-        "seconds_per_step": mean_step,
-        "samples_per_s": batch / mean_step if mean_step else None,
-        "gflops": cost.train_step_flops * batch / mean_step / 1e9 if mean_step else None,
-        "device": str(device), "dtype": cfg.model.dtype,
-        **{f"final_{k}": v for k, v in test_metrics().items()},
-    }
-    plot_loss(out_dir / "loss.png", steps, losses, rates,
-              f"{net.mode} m={net.m} k={net.k} sketch={net.sketch} n={n} d={data.d}")
-    tracker.finish(summary)
-    return summary
+    return finish_run(cfg, out_dir, tracker, rows=rows, step_seconds=step_seconds,
+                      target_step=target_step, diag=diag, net=net, n=n, d=data.d, eta=eta,
+                      batch=batch, final={"n_test": int(y_test.numel()), "device": str(device),
+                                          **{f"final_{k}": v for k, v in test_metrics().items()}})

@@ -1,0 +1,200 @@
+"""The report's plots: one panel per dataset, one line per (mode, sketch, rank), seeds pooled.
+
+Each line is the median over seeds at each width, with the seeds' range as error bars.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a window
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
+
+from ..atomic import atomic_path  # noqa: E402
+
+_MARKERS = "os^vD<>ph*"
+
+
+def dataset_label(r: pd.Series) -> str:
+    d = "" if pd.isna(r["d"]) else f" d={int(r['d'])}"
+    return f"{r['source']} n={int(r['n'])}{d}"
+
+
+def series_label(r: pd.Series, sketches: bool) -> str:
+    """'sketch_in/srht k=32 +a' (the sketch named only when the sweep varies it)."""
+    s = r["mode"] + (f"/{r['sketch']}" if sketches and isinstance(r["sketch"], str) else "")
+    s += "" if pd.isna(r["k"]) else f" k={int(r['k'])}"
+    return s + (" +a" if r["train_output"] else "")
+
+
+def with_labels(df: pd.DataFrame) -> pd.DataFrame:
+    """Finished trials with their dataset and series labels added."""
+    df = df[df["error"].isna()].copy()
+    sketches = df["sketch"].dropna().nunique() > 1
+    df["dataset"] = df.apply(dataset_label, axis=1)
+    df["series"] = df.apply(lambda r: series_label(r, sketches), axis=1)
+    return df
+
+
+def _styles(df: pd.DataFrame) -> dict[str, tuple]:
+    colours = plt.get_cmap("tab10").colors
+    return {s: (colours[i % 10], _MARKERS[i % len(_MARKERS)])
+            for i, s in enumerate(sorted(df["series"].unique()))}
+
+
+def _panels(df: pd.DataFrame, rows: int = 1):
+    datasets = sorted(df["dataset"].unique())
+    fig, axes = plt.subplots(rows, len(datasets), figsize=(4.2 * len(datasets), 3.4 * rows),
+                             dpi=75, squeeze=False)
+    return fig, axes, datasets
+
+
+def _save(fig, path: Path) -> None:
+    """One legend for the figure: every panel's entries, each label once."""
+    entries: dict[str, object] = {}
+    for ax in fig.axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(lab, h)
+    if entries:
+        fig.legend(list(entries.values()), list(entries), loc="center left",
+                   bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", bbox_inches="tight")
+    plt.close(fig)
+
+
+def _lines(ax, df: pd.DataFrame, y: Callable[[pd.DataFrame], pd.Series], styles: dict,
+           x: str = "m", **kw) -> None:
+    """Median over seeds with the seeds' range, one line per series."""
+    for s, g in df.groupby("series"):
+        vals = pd.DataFrame({"x": g[x], "y": y(g)}).dropna()
+        vals = vals[np.isfinite(vals["y"])]
+        if vals.empty:
+            continue
+        st = vals.groupby("x")["y"].agg(["median", "min", "max"]).sort_index()
+        colour, marker = styles[s]
+        ax.errorbar(st.index, st["median"], yerr=[st["median"] - st["min"],
+                    st["max"] - st["median"]], color=colour, marker=marker, ms=4, lw=1.2,
+                    capsize=2, label=s, **kw)
+
+
+def _finish(ax, title: str, ylabel: str, logy: bool = False, xlabel: str = "width m") -> None:
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())  # short ranges would label every minor tick
+    if logy:
+        ax.set_yscale("log")
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.tick_params(labelsize=7)
+
+
+def _per_dataset(df: pd.DataFrame, path: Path, ylabel: str, y, logy: bool = False,
+                 extra=None) -> None:
+    fig, axes, datasets = _panels(df)
+    styles = _styles(df)
+    for ax, ds in zip(axes[0], datasets):
+        sub = df[df["dataset"] == ds]
+        _lines(ax, sub, y, styles)
+        if extra:
+            extra(ax, sub, styles)
+        _finish(ax, ds, ylabel, logy)
+    _save(fig, path)
+
+
+def _lambda_inf(ax, sub: pd.DataFrame, styles: dict) -> None:
+    """lambda_inf dotted in each series' colour (dense: one value; sketch_in: per sketch)."""
+    for s, g in sub.dropna(subset=["lambda_inf"]).groupby("series"):
+        st = g.groupby("m")["lambda_inf"].median().sort_index()
+        ax.plot(st.index, st.values, ":", color=styles[s][0], lw=1.5)
+    ax.plot([], [], "k:", label="lambda_inf (dotted)")
+
+
+def _sqrt_guide(ax, sub: pd.DataFrame, styles: dict) -> None:
+    g = sub.dropna(subset=["gram_rel_err_inf"])
+    if g.empty:
+        return
+    m = np.array(sorted(g["m"].unique()), dtype=float)
+    c = float(g[g["m"] == m[0]]["gram_rel_err_inf"].median()) * np.sqrt(m[0])
+    ax.plot(m, c / np.sqrt(m), "k--", lw=1, label="~ 1/sqrt(m)")
+
+
+def plot_all(df: pd.DataFrame, out: Path) -> list[Path]:
+    """Write every plot for the finished trials in df under out; returns their paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {name: out / f"{name}.png" for name in (
+        "lambda0_vs_m", "gram_err_vs_m", "drift_vs_m", "steps_vs_m", "rate_vs_m", "cost_vs_m",
+        "cost_vs_lambda", "test_error_vs_m")}
+    _per_dataset(df, paths["lambda0_vs_m"], "lambda_min(H(0))", lambda g: g["lambda_min_0"],
+                 logy=True, extra=_lambda_inf)
+    _per_dataset(df, paths["gram_err_vs_m"], "||H(0) - H_inf|| / ||H_inf||",
+                 lambda g: g["gram_rel_err_inf"], logy=True, extra=_sqrt_guide)
+    _per_dataset(df, paths["drift_vs_m"], "max_t ||H(t) - H(0)|| / lambda_max(H(0))",
+                 lambda g: g["max_gram_drift"] / g["lambda_max_0"], logy=True)
+    _per_dataset(df, paths["steps_vs_m"], "steps to 1e-6 of L(0) (missing: not reached)",
+                 lambda g: g["steps_to_target"].astype(float), logy=True)
+    _per_dataset(df, paths["rate_vs_m"], "log(measured rate) / log(predicted)",
+                 lambda g: np.log(g["measured_rate"]) / np.log(g["predicted_rate"]))
+    _cost(df, paths["cost_vs_m"])
+    _cost_vs_lambda(df, paths["cost_vs_lambda"])
+    _test_error(df, paths["test_error_vs_m"])
+    return list(paths.values())
+
+
+def _cost(df: pd.DataFrame, path: Path) -> None:
+    fig, axes, datasets = _panels(df, rows=2)
+    styles = _styles(df)
+    for j, ds in enumerate(datasets):
+        sub = df[df["dataset"] == ds]
+        _lines(axes[0][j], sub, lambda g: g["seconds_per_step"], styles)
+        _finish(axes[0][j], ds, "seconds per GD step", logy=True)
+        _lines(axes[1][j], sub, lambda g: g["trainable_params"].astype(float), styles)
+        _finish(axes[1][j], ds, "trainable parameters", logy=True)
+    _save(fig, path)
+
+
+def _cost_vs_lambda(df: pd.DataFrame, path: Path) -> None:
+    """Dense and factorized side by side: what each pays per step for a given lambda_min(H(0))."""
+    fig, axes, datasets = _panels(df)
+    styles = _styles(df)
+    for ax, ds in zip(axes[0], datasets):
+        sub = df[df["dataset"] == ds]
+        for s, g in sub.groupby("series"):
+            colour, marker = styles[s]
+            ax.scatter(g["lambda_min_0"], g["seconds_per_step"], color=colour, marker=marker,
+                       s=18, label=s)
+        _finish(ax, ds, "seconds per GD step", logy=True, xlabel="lambda_min(H(0))")
+    _save(fig, path)
+
+
+def _test_error(df: pd.DataFrame, path: Path) -> None:
+    """Trained net (solid), empirical-NTK regression (dashed), analytic NTK regression (dotted)."""
+    tested = df[df["n_test"].fillna(0) > 0]
+    if tested.empty:  # no held-out split anywhere: say so rather than draw empty axes
+        fig, ax = plt.subplots(figsize=(4.2, 1.2), dpi=90)
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no trial has a held-out split", ha="center", va="center")
+        _save(fig, path)
+        return
+    fig, axes, datasets = _panels(tested)
+    styles = _styles(tested)
+    for ax, ds in zip(axes[0], datasets):
+        sub = tested[tested["dataset"] == ds]
+        _lines(ax, sub, lambda g: g["final_test_error"], styles)
+        for s, g in sub.groupby("series"):
+            colour = styles[s][0]
+            for col, ls in (("ntk_emp_test_error", "--"), ("ntk_inf_test_error", ":")):
+                st = g.dropna(subset=[col]).groupby("m")[col].median().sort_index()
+                ax.plot(st.index, st.values, ls, color=colour, lw=1)
+        ax.plot([], [], "k--", label="NTK regression, H(0)")
+        ax.plot([], [], "k:", label="NTK regression, H_inf")
+        _finish(ax, ds, "test sign error (solid: trained net)")
+    _save(fig, path)

@@ -1,0 +1,73 @@
+"""One trial of a sweep, in its own folder: kernel regression first, then `fntk train`.
+
+The folder is finished exactly when summary.json exists: train() writes it last, atomically,
+so a trial killed at any point reads as unfinished and is run again. Nothing here imports Ray;
+the sweep wraps run_trial in a Ray task.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from threadpoolctl import threadpool_limits
+
+from ..atomic import write_json
+from ..config import RunConfig
+from ..data import load_dataset
+from ..models.validation import as_dtype
+from ..ntk.regression import analytic_ntk_predict, empirical_ntk_predict, prediction_errors
+from ..train.loop import resolve_device, train
+
+SUMMARY, REGRESSION = "summary.json", "regression.json"
+
+
+def is_finished(folder: Path) -> bool:
+    return (Path(folder) / SUMMARY).is_file()
+
+
+def regression_metrics(cfg: RunConfig) -> dict[str, float]:
+    """Test error of NTK kernel regression (empirical kernel at init; analytic where it
+    applies); empty when the data has no held-out split."""
+    data = load_dataset(cfg.data)
+    if len(data.y_test) == 0:
+        return {}
+    t0 = time.perf_counter()
+    device, dt = resolve_device(cfg.train.device), as_dtype(cfg.model.dtype)
+    x, y, xt, yt = (torch.as_tensor(a, dtype=dt, device=device)
+                    for a in (data.x, data.y, data.x_test, data.y_test))
+    net = cfg.model.build(d=data.d, device=device)
+    out = {f"ntk_emp_test_{k}": v for k, v in
+           prediction_errors(empirical_ntk_predict(net, x, y, xt, cfg.train.block), yt).items()}
+    pred_inf = analytic_ntk_predict(net, x, y, xt)
+    if pred_inf is not None:
+        out.update({f"ntk_inf_test_{k}": v for k, v in prediction_errors(pred_inf, yt).items()})
+    out["regression_seconds"] = time.perf_counter() - t0
+    return out
+
+
+def run_trial(config: dict[str, Any], folder: str, regression: bool, threads: int) -> None:
+    """Run one trial into folder (the config as a JSON-able dict, so it crosses processes)."""
+    # A trial's share of the machine is the CPUs Ray gave it: torch's threads and the BLAS
+    # pool numpy's eigvalsh uses (oversubscribed, an n = 1024 eigvalsh runs 50x slower here).
+    torch.set_num_threads(threads)
+    cfg = RunConfig.model_validate(config)
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    with threadpool_limits(threads):
+        if regression:
+            write_json(out / REGRESSION, regression_metrics(cfg))
+        train(cfg, out, progress=False)
+
+
+def read_trial(folder: Path) -> dict[str, Any]:
+    """What a finished trial folder holds: its summary and regression metrics, merged."""
+    folder = Path(folder)
+    row = json.loads((folder / SUMMARY).read_text())
+    reg = folder / REGRESSION
+    if reg.is_file():
+        row.update(json.loads(reg.read_text()))
+    return row
