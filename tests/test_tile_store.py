@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -101,12 +102,16 @@ def test_bad_folders_and_args(tmp_path):
         TileStore.open(tmp_path / "garbled")
 
 
-def test_corrupt_tile(full):
-    store, h = full
-    f = store.path / "tiles" / "t_1_3.arrow"
+def flip_a_byte(f: Path) -> Path:
     data = bytearray(f.read_bytes())
     data[len(data) // 2] ^= 0xFF
     f.write_bytes(bytes(data))
+    return f
+
+
+def test_corrupt_tile(full):
+    store, h = full
+    f = flip_a_byte(store.path / "tiles" / "t_1_3.arrow")
     with pytest.raises(TileStoreError, match="t_1_3.arrow"):
         store.read(1, 3)
     done, corrupt = store.verify()
@@ -172,10 +177,7 @@ def test_float32(tmp_path):
 
 def test_matvec_checks_each_tile_before_mapping_it(full):
     store, h = full
-    f = store.path / "tiles" / "t_0_2.arrow"
-    data = bytearray(f.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    f.write_bytes(bytes(data))
+    flip_a_byte(store.path / "tiles" / "t_0_2.arrow")
     with pytest.raises(TileStoreError, match="t_0_2.arrow fails its checksum"):
         TileStore.open(store.path).matvec(np.ones(N))
 

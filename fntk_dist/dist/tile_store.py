@@ -201,6 +201,7 @@ class TileStore:
             f.unlink()
         if changed:
             self._save()
+        self._checked |= {f"{i}_{j}" for i, j in done}  # hashed above: mat-vecs need not again
         return done, sorted(corrupt)
 
     def missing(self) -> list[tuple[int, int]]:
@@ -229,6 +230,7 @@ class TileStore:
         with atomic_path(self.path / self._rel(i, j)) as tmp:
             tmp.write_bytes(data)
         self._tiles[f"{i}_{j}"] = self._entry(i, j, data)
+        self._checked.add(f"{i}_{j}")
         self._save()
 
     def _checked_bytes(self, i: int, j: int) -> bytes:
