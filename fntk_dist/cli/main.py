@@ -25,12 +25,18 @@ def _parser() -> argparse.ArgumentParser:
                        help="override config values, e.g. train.steps=50 model.m=8192")
         s.add_argument("--out", type=Path, help="run folder (default: runs/NAME-TIMESTAMP)")
         s.add_argument("--quiet", action="store_true", help="no progress bar")
+        s.add_argument("--workers", type=int, metavar="N",
+                       help="run on Ray with N workers (gram: width-shard actors into a tile "
+                            "store; train: Ray Train + DeepSpeed on the dist.width x dist.data "
+                            "mesh)")
+        s.add_argument("--address", metavar="ADDR",
+                       help="existing Ray cluster (default: RAY_ADDRESS, else embedded)")
         if name == "gram":
-            s.add_argument("--workers", type=int, metavar="N",
-                           help="compute on Ray with N width-shard actors, into a tile store")
-            s.add_argument("--address", metavar="ADDR",
-                           help="existing Ray cluster (default: RAY_ADDRESS, else embedded)")
             s.add_argument("--tile", type=int, metavar="T", help="rows per tile")
+        else:
+            s.add_argument("--resume", action="store_true",
+                           help="continue a stopped distributed run in --out from its last "
+                                "checkpoint")
     add_study_parsers(sub)
     return p
 
@@ -71,8 +77,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, [*args.overrides, *_dist_overrides(args)])
         distributed = cfg.dist.workers is not None or cfg.dist.address is not None
-        out = _out_dir(args, cfg.name, resumable=args.command == "gram" and distributed)
-        if args.command == "train":
+        resume = getattr(args, "resume", False)
+        if resume and (args.out is None or not distributed):
+            raise ValueError("--resume: needs --out (the stopped run's folder) and --workers")
+        out = _out_dir(args, cfg.name, resumable=distributed and (args.command == "gram" or resume))
+        if args.command == "train" and distributed:
+            from ..dist.train_job import run_train_distributed
+
+            summary = run_train_distributed(cfg, out, resume=resume, progress=not args.quiet)
+            keys = ("initial_loss", "final_loss", "loss_reduction", "steps_to_target",
+                    "workers", "width", "data", "zero_stage", "seconds_per_step",
+                    "samples_per_s")
+        elif args.command == "train":
             from ..train.loop import train
 
             summary = train(cfg, out, progress=not args.quiet)

@@ -1,0 +1,83 @@
+"""The width x data mesh of a distributed training run, as torch.distributed groups.
+
+Rank r sits at (data_rank, width_rank) = divmod(r, width): the ranks of one width group (one
+replica of the whole net, split by neurons) are consecutive, so they share a node when they
+can. The object is also DeepSpeed's `mpu`: DeepSpeed partitions ZeRO state and averages
+gradients over the data group only, and treats the width group as model parallelism.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+
+class Mesh:
+    def __init__(self, width: int, data: int, rank: int) -> None:
+        if width * data != dist.get_world_size():
+            raise ValueError(f"mesh {width} x {data} does not match {dist.get_world_size()} ranks")
+        self.width, self.data, self.rank = width, data, rank
+        self.data_rank, self.width_rank = divmod(rank, width)
+        # Every rank must create every group, in the same order.
+        self._width_group = self._data_group = None
+        for d in range(data):
+            g = dist.new_group([d * width + w for w in range(width)])
+            if d == self.data_rank:
+                self._width_group = g
+        for w in range(width):
+            g = dist.new_group([d * width + w for d in range(data)])
+            if w == self.width_rank:
+                self._data_group = g
+
+    # DeepSpeed's mpu interface.
+    def get_model_parallel_rank(self) -> int:
+        return self.width_rank
+
+    def get_model_parallel_world_size(self) -> int:
+        return self.width
+
+    def get_model_parallel_group(self):
+        return self._width_group
+
+    def get_data_parallel_rank(self) -> int:
+        return self.data_rank
+
+    def get_data_parallel_world_size(self) -> int:
+        return self.data
+
+    def get_data_parallel_group(self):
+        return self._data_group
+
+    # Collectives over the groups.
+    def sum_width(self, t: torch.Tensor) -> torch.Tensor:
+        """t summed over the width group, in place (a no-op on a width of 1)."""
+        if self.width > 1:
+            dist.all_reduce(t, group=self._width_group)
+        return t
+
+    def max_width(self, t: torch.Tensor) -> torch.Tensor:
+        if self.width > 1:
+            dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self._width_group)
+        return t
+
+    def sum_data(self, t: torch.Tensor) -> torch.Tensor:
+        if self.data > 1:
+            dist.all_reduce(t, group=self._data_group)
+        return t
+
+    def width_output(self, partial: torch.Tensor) -> torch.Tensor:
+        """The net's output from this shard's partial sum over its neurons (differentiable)."""
+        return _SumOverWidth.apply(partial, self) if self.width > 1 else partial
+
+
+class _SumOverWidth(torch.autograd.Function):
+    """Forward: all-reduce the shards' partial outputs. Backward: identity, because every rank
+    of the width group computes the same loss from the same summed output."""
+
+    @staticmethod
+    def forward(ctx, partial: torch.Tensor, mesh: Mesh) -> torch.Tensor:
+        return mesh.sum_width(partial.clone())
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad, None
