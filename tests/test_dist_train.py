@@ -113,8 +113,8 @@ ZERO = {
 
 
 def test_every_zero_stage_and_offload_trains(ray_cluster, tmp_path):
-    cfgs = {name: config({"mode": "dense", "m": 64, "dtype": "float32"}, steps=150,
-                         dist=dist, data={"n": 8, "d": 8}, train={"log_every": 10})
+    cfgs = {name: config({"mode": "dense", "m": 64, "dtype": "float32"}, steps=20,
+                         dist=dist, data={"n": 8, "d": 8})
             for name, dist in ZERO.items()}
     out = fit(tmp_path, cfgs, width=1, data=2)
     for name in ZERO:

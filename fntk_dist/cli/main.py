@@ -108,6 +108,13 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:  # ConfigError, DataError and argument checks all name their key
         print(f"fntk: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except RuntimeError as err:
+        from ..dist.train_job import TrainingFailed
+
+        if not isinstance(err, TrainingFailed):
+            raise
+        print(f"fntk: error: {err}", file=sys.stderr)
+        return 1
     print(json.dumps({k: summary.get(k) for k in keys}, indent=1))
     print(f"run folder: {out}")
     return 0

@@ -19,6 +19,10 @@ from .cluster import connect
 RAY_RUN = "ray_train"  # Ray Train's folder inside the run folder
 
 
+class TrainingFailed(RuntimeError):
+    """The worker group failed more often than dist.max_failures allows."""
+
+
 def mesh_shape(cfg: RunConfig) -> tuple[int, int]:
     """(width, data) from dist.workers/width/data; ConfigError naming the key if inconsistent."""
     dc = cfg.dist
@@ -46,7 +50,12 @@ def mesh_shape(cfg: RunConfig) -> tuple[int, int]:
 
 
 def _has_checkpoint(out_dir: Path) -> bool:
-    return any((out_dir / RAY_RUN).glob("checkpoint_*"))
+    """Ray Train registered a checkpoint of this run (what it restores from)."""
+    try:
+        snapshot = json.loads((out_dir / RAY_RUN / "checkpoint_manager_snapshot.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return snapshot.get("latest_checkpoint_result") is not None
 
 
 def run_train_distributed(cfg: RunConfig, out_dir: Path, resume: bool = False,
@@ -92,7 +101,12 @@ def run_train_distributed(cfg: RunConfig, out_dir: Path, resume: bool = False,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         ),
     )
-    result = trainer.fit()
-    if result.error is not None:
-        raise result.error
+    try:
+        trainer.fit()
+    except Exception as err:  # Ray Train's TrainingFailedError, after max_failures restarts
+        first = str(err).strip().splitlines()
+        raise TrainingFailed(
+            f"training failed after {cfg.dist.max_failures} restarts: "
+            f"{first[0] if first else type(err).__name__} (worker logs: {out_dir / RAY_RUN}; "
+            f"continue with --resume from the last checkpoint)") from err
     return json.loads((out_dir / "summary.json").read_text())

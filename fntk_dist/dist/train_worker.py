@@ -132,12 +132,14 @@ def train_shard(cfg: RunConfig, out_dir: Path, mesh: Mesh, run_id: str | None = 
     gen = torch.Generator().manual_seed(cfg.model.seed)
     step_flops = net.cost().train_step_flops  # per point, the whole net (all shards)
 
-    hist = {"step": 0, "rows": [], "step_seconds": [], "target_step": None, "loss0": None}
+    hist = {"step": 0, "rows": [], "step_seconds": [], "target_step": None, "loss0": None,
+            "restarts": 0}
     if restore is not None:
         with restore.as_directory() as d:
             engine.load_checkpoint(d, tag=TAG)
             hist = json.loads((Path(d) / STATE).read_text())
         gen.set_state(torch.tensor(hist.pop("gen"), dtype=torch.uint8))
+        hist["restarts"] += 1
     tracker = None
     if rank == 0:
         tracker = make_tracker(cfg.tracking, out_dir, cfg.name or out_dir.name,
@@ -228,7 +230,7 @@ def train_shard(cfg: RunConfig, out_dir: Path, mesh: Mesh, run_id: str | None = 
             batch=batch, final={"device": str(device)},
             extra={"workers": mesh.width * mesh.data, "width": mesh.width, "data": mesh.data,
                    "zero_stage": dc.zero_stage, "offload": dc.offload,
-                   "precision": dc.precision})
+                   "precision": dc.precision, "restarts_from_checkpoint": hist["restarts"]})
         tracker = None
         return summary
     except BaseException:

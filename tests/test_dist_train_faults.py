@@ -1,0 +1,118 @@
+"""`fntk train --workers 2` under failures (real processes, real SIGKILLs): Ray Train restarts
+the worker group from the last DeepSpeed checkpoint, and `--resume` continues a run whose
+driver was killed; the run ends with the loss curve of an uninterrupted one."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from fntk_dist.config import build_config
+from fntk_dist.train.loop import train
+
+# About 60 ms a step on two workers, a checkpoint every 4 steps: long enough to kill
+# something between the first checkpoint and the end.
+RAW = {
+    "model": {"mode": "sketch_in", "m": 16384, "k": 16, "sketch": "gaussian",
+              "dtype": "float64"},
+    "data": {"source": "sphere", "n": 256, "d": 16},
+    "train": {"steps": 24, "log_every": 1, "ntk_every": 0},
+    "dist": {"width": 2, "data": 1, "checkpoint_every": 4, "max_failures": 2},
+    "tracking": {"wandb": True},
+}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> list[float]:
+    out = tmp_path_factory.mktemp("single") / "run"
+    train(build_config({**RAW, "dist": {}, "tracking": {"wandb": False}}, source="test"), out,
+          progress=False)
+    return losses(out)
+
+
+def losses(run: Path) -> list[float]:
+    table = pq.read_table(run / "metrics.parquet").to_pydict()
+    assert table["step"] == sorted(set(table["step"])), "a step was logged twice"
+    return [v for v in table["loss"] if v is not None]
+
+
+def start(tmp_path: Path, out: Path, *extra: str) -> subprocess.Popen:
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text(yaml.safe_dump(RAW))
+    argv = [sys.executable, "-m", "fntk_dist.cli.main", "train", str(cfg), "--workers", "2",
+            "--out", str(out), "--quiet", *extra]
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "RAY_ADDRESS": ""})
+
+
+def checkpointed_step(out: Path) -> int:
+    """The step of the last checkpoint Ray Train registered (every rank reported it), or 0."""
+    try:
+        snapshot = json.loads((out / "ray_train/checkpoint_manager_snapshot.json").read_text())
+    except (OSError, ValueError):
+        return 0
+    return ((snapshot.get("latest_checkpoint_result") or {}).get("metrics") or {}).get("step", 0)
+
+
+def wait_for_checkpoint(proc: subprocess.Popen, out: Path, after: int,
+                        timeout: float = 240) -> int:
+    t0 = time.monotonic()
+    while (step := checkpointed_step(out)) <= after:
+        assert proc.poll() is None, f"run ended before a checkpoint: {proc.communicate()}"
+        assert time.monotonic() - t0 < timeout, "no checkpoint"
+        time.sleep(0.05)
+    return step
+
+
+def train_workers(driver: subprocess.Popen) -> list[psutil.Process]:
+    """The Ray Train workers of this driver's embedded cluster (its descendants)."""
+    try:
+        family = psutil.Process(driver.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    out = []
+    for p in family:
+        with contextlib.suppress(psutil.Error):
+            if any("ray::RayTrainWorker" in part for part in p.cmdline()):
+                out.append(p)
+    return out
+
+
+def test_killed_worker_and_killed_driver_both_recover_from_checkpoints(tmp_path, reference):
+    out = tmp_path / "run"
+    proc = start(tmp_path, out)
+    first = wait_for_checkpoint(proc, out, after=0)
+    victims = train_workers(proc)
+    assert len(victims) == 2
+    os.kill(victims[-1].pid, signal.SIGKILL)  # Ray Train restarts the group from `first`
+    wait_for_checkpoint(proc, out, after=first)
+    workers = train_workers(proc)
+    assert workers and not set(workers) & set(victims), "the group was not restarted"
+    proc.kill()  # then the driver: the run stops, its checkpoints stay
+    proc.wait()
+    _, alive = psutil.wait_procs(workers, timeout=60)  # the embedded cluster goes too
+    assert not alive and not (out / "summary.json").exists(), "the run finished before the kill"
+    again = start(tmp_path, out)  # without --resume: refused, the folder holds a started run
+    _, stderr = again.communicate(timeout=120)
+    assert again.returncode == 2 and "--resume" in stderr
+    resumed = start(tmp_path, out, "--resume")
+    _, stderr = resumed.communicate(timeout=400)
+    assert resumed.returncode == 0, stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    got = losses(out)  # each step once: rows after a checkpoint are not logged twice
+    assert len(got) == len(reference) == RAW["train"]["steps"] + 1
+    for a, b in zip(got, reference, strict=True):
+        assert a == pytest.approx(b, rel=1e-9)
+    assert summary["restarts_from_checkpoint"] == 2
+    assert any((out / "wandb").glob("offline-run-*"))
