@@ -7,6 +7,7 @@ One worker group trains several configs in turn (train_shard is what every rank 
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -15,8 +16,11 @@ import pytest
 import ray
 import ray.cloudpickle
 import ray.train
+import wandb_records
+import yaml
 from ray.train.torch import TorchConfig, TorchTrainer
 
+from fntk_dist.cli.main import main
 from fntk_dist.config import RunConfig, build_config
 from fntk_dist.dist.cluster import connect, shutdown
 from fntk_dist.train.loop import train
@@ -120,3 +124,52 @@ def test_every_zero_stage_and_offload_trains(ray_cluster, tmp_path):
     for name in ZERO:
         got = losses(out / name)
         assert got[-1] < got[0] / 100, (name, got[0], got[-1])
+
+
+def write_config(tmp_path: Path, cfg: RunConfig) -> Path:
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    return path
+
+
+def test_fntk_train_workers_writes_the_run_folder_and_wandb(ray_cluster, tmp_path):
+    cfg = config(MODELS["sketch_out"], steps=12, dist={"width": 2, "data": 1},
+                 tracking={"wandb": True, "group": "tests"})
+    out = tmp_path / "run"
+    argv = ["train", str(write_config(tmp_path, cfg)), "--workers", "2", "--out", str(out),
+            "--quiet"]
+    assert main(argv) == 0
+    assert {p.name for p in out.iterdir()} >= {"config.yaml", "metrics.parquet", "summary.json",
+                                                "loss.png", "wandb"}
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["workers"], summary["width"], summary["data"], summary["m"]) == (2, 2, 1, 32)
+    assert summary["final_loss"] < summary["initial_loss"] and summary["samples_per_s"] > 0
+    # The W&B offline run holds, per step, the loss and the throughput.
+    (run_file,) = (out / "wandb").glob("offline-run-*/run-*.wandb")
+    rows = wandb_records.history(run_file)
+    assert [r["_step"] for r in rows] == list(range(13))
+    assert all(r["loss"] > 0 for r in rows)
+    assert all(r["samples_per_s"] > 0 and r["worker_peak_rss_mb"] > 0 for r in rows[:-1])
+    assert main(argv) == 2  # a started run is not overwritten
+
+
+BAD = {
+    "mesh": (["dist.width=2", "dist.data=2"], "dist: width * data"),
+    "width": (["model.m=33", "dist.width=2"], "dist.width"),
+    "stage": (["dist.zero_stage=4"], "dist.zero_stage"),
+    "float64_zero": (["dist.zero_stage=1"], "dist.zero_stage"),
+    "offload": (["model.dtype=float32", "dist.offload=true"], "dist.offload"),
+    "bf16_cpu": (["model.dtype=float32", "dist.precision=bf16"], "dist.precision"),
+    "address": (["--address", "127.0.0.1:9"], "--address"),
+}
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_input_is_one_message_and_exit_2(ray_cluster, tmp_path, capsys, case):
+    extra, key = BAD[case]
+    out = tmp_path / "run"
+    path = write_config(tmp_path, config(MODELS["dense"], steps=2))
+    assert main(["train", str(path), "--workers", "2", "--out", str(out), *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("fntk: error: ") and key in err[0], err
+    assert not out.exists()
