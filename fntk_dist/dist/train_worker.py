@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import torch
 from torch import nn
 
@@ -69,8 +70,14 @@ def ds_config(cfg: RunConfig, micro_batch: int, data: int) -> dict:
     return conf
 
 
-def _peak_rss() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024.0
+def _rss_mb() -> tuple[float, float]:
+    """(peak, current) resident memory of this process in MiB, each the largest over all
+    ranks (a collective). The peak includes building the whole shard before ZeRO partitions
+    it; the current one shows what ZeRO keeps."""
+    rss = torch.tensor([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+                        psutil.Process().memory_info().rss / 2**20], dtype=torch.float64)
+    torch.distributed.all_reduce(rss, op=torch.distributed.ReduceOp.MAX)
+    return float(rss[0]), float(rss[1])
 
 
 def init_mesh(width: int, data: int) -> Mesh:
@@ -211,23 +218,23 @@ def train_shard(cfg: RunConfig, out_dir: Path, mesh: Mesh, run_id: str | None = 
                 hist["step_seconds"].append(seconds + time.perf_counter() - t0)
                 if logging_:
                     sec = hist["step_seconds"][-1]
-                    rss = torch.tensor([_peak_rss()], dtype=torch.float64)
-                    torch.distributed.all_reduce(rss, op=torch.distributed.ReduceOp.MAX)
                     row.update(step_seconds=sec, samples_per_s=batch / sec,
                                gflops=step_flops * batch / sec / 1e9,
-                               worker_peak_rss_mb=float(rss) / 2**20)
+                               worker_peak_rss_mb=_rss_mb()[0])
             if row and tracker is not None:
                 tracker.log(row, step=t)
             if bar is not None:
                 bar.update(1)
             if not last and dc.checkpoint_every and (t + 1) % dc.checkpoint_every == 0:
                 checkpoint(t + 1, {"step": t + 1, "loss": loss_value})
+        peak_mb, now_mb = _rss_mb()
         if tracker is None:
             return {}
         summary = finish_run(
             cfg, out_dir, tracker, rows=hist["rows"], step_seconds=hist["step_seconds"],
             target_step=hist["target_step"], diag=diag, net=net, n=n, d=data.d, eta=eta,
-            batch=batch, final={"device": str(device)},
+            batch=batch, final={"device": str(device), "worker_peak_rss_mb": peak_mb,
+                                               "worker_end_rss_mb": now_mb},
             extra={"workers": mesh.width * mesh.data, "width": mesh.width, "data": mesh.data,
                    "zero_stage": dc.zero_stage, "offload": dc.offload,
                    "precision": dc.precision, "restarts_from_checkpoint": hist["restarts"]})
