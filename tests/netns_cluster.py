@@ -11,6 +11,14 @@ with a private address of its own; `ray start --block` runs in each, as root, un
         with two_host_cluster() as cluster:
             res = cluster.run([sys.executable, "-c", "import ray; ray.init(); ..."])
 
+two_host_cluster(dashboard=True) also starts the head's dashboard, and with it the Ray Jobs
+server, on head_ip:DASHBOARD_PORT (cluster.dashboard_url; needs `ray[default]`, see
+dashboard_available()); clients reach it from inside either namespace.
+
+Each node gets GLOO_SOCKET_IFNAME set to its own veth: the namespaces share the machine's
+hostname, which resolves to 127.0.0.1 here, and gloo (torch.distributed on CPU, so Ray Train)
+would otherwise bind to loopback and tell the other host to connect there.
+
 Ray 2.60's `ray start` turns token authentication on, so every node and driver gets
 RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH (a 0600 file in the cluster's temp folder);
 drivers also get RAY_ADDRESS. Teardown never calls `ray stop` (it would kill every Ray
@@ -44,6 +52,7 @@ from typing import Any
 import pytest
 
 HEAD_PORT = 6379
+DASHBOARD_PORT = 8265
 _counter = itertools.count()
 _BIN = Path(sys.executable).parent
 _TERM_GRACE_S = 5.0
@@ -162,6 +171,30 @@ def _free_subnet(salt: int) -> ipaddress.IPv4Network:
     raise RuntimeError("no free private /24 for the namespaces' veth pair")
 
 
+@functools.lru_cache(maxsize=1)
+def dashboard_available() -> bool:
+    """Whether `ray[default]` (the dashboard and Jobs server's dependencies) is installed."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None
+               for m in ("aiohttp", "aiohttp_cors", "opencensus", "prometheus_client"))
+
+
+_WAIT_FOR_DASHBOARD = """
+import sys, time
+from ray.job_submission import JobSubmissionClient
+deadline = time.monotonic() + float(sys.argv[2])
+while True:
+    try:
+        JobSubmissionClient(sys.argv[1]).list_jobs()
+        break
+    except Exception as exc:
+        if time.monotonic() > deadline:
+            sys.exit(f"dashboard at {sys.argv[1]} not up: {exc}")
+        time.sleep(0.5)
+"""
+
+
 def _pids_in(ns: str) -> list[int]:
     res = _ip("netns", "pids", ns, check=False)
     return [int(p) for p in res.stdout.split() if p.isdigit()]
@@ -197,6 +230,7 @@ class TwoHostCluster:
     address: str  # "head_ip:port"
     token: str = field(repr=False)
     tmp_dir: Path
+    dashboard_url: str = ""  # "http://head_ip:DASHBOARD_PORT" when started with dashboard=True
     head_veth: str = ""
     worker_veth: str = ""
     head_node_id: str = ""
@@ -362,12 +396,17 @@ def _wait(cond: Any, procs: list[subprocess.Popen], deadline: float, what: str,
 @contextlib.contextmanager
 def two_host_cluster(head_cpus: int = 1, worker_cpus: int = 1, token: str | None = None, *,
                      object_store_memory: int = 256 * 2**20,
-                     start_timeout: float = 90.0) -> Iterator[TwoHostCluster]:
+                     start_timeout: float = 90.0,
+                     dashboard: bool = False,
+                     start_ray: bool = True) -> Iterator[TwoHostCluster]:
     """A Ray head in one fresh namespace and a worker node in another, joined by a veth pair.
 
     Yields once both nodes are alive (seen by a driver in the head's namespace; raises with
-    the nodes' log tails after start_timeout seconds). Everything is torn down on exit,
-    including on errors and KeyboardInterrupt.
+    the nodes' log tails after start_timeout seconds) and, with dashboard=True, once the
+    head's Jobs server answers an authenticated client. start_ray=False yields the two bare
+    hosts (namespaces, veth pair, temp folder; no Ray node, no node ids), for a test that
+    starts Ray itself, as a launch script does; whatever it leaves in the namespaces is killed
+    at teardown. Everything is torn down on exit, including on errors and KeyboardInterrupt.
     """
     n = next(_counter)
     tag = f"{os.getpid()}-{n}"
@@ -397,14 +436,26 @@ def two_host_cluster(head_cpus: int = 1, worker_cpus: int = 1, token: str | None
                 _ip("-n", ns, "link", "set", "lo", "up")
 
             address = f"{head_ip}:{HEAD_PORT}"
+            cluster = TwoHostCluster(head_ns=head_ns, worker_ns=worker_ns, head_ip=head_ip,
+                                     worker_ip=worker_ip, address=address, token=token,
+                                     tmp_dir=tmp, head_veth=veth_a, worker_veth=veth_b)
+            if not start_ray:
+                yield cluster
+                ok = True
+                return
             node_env = _base_env(token_path)
+            head_env = {**node_env, "GLOO_SOCKET_IFNAME": veth_a}
+            worker_env = {**node_env, "GLOO_SOCKET_IFNAME": veth_b}
             common = ["--block", "--num-gpus=0", f"--object-store-memory={object_store_memory}",
                       "--disable-usage-stats"]
+            dash = (["--include-dashboard=true", f"--dashboard-host={head_ip}",
+                     f"--dashboard-port={DASHBOARD_PORT}"] if dashboard
+                    else ["--include-dashboard=false"])
             procs.append(_start_node(
                 [_ray_bin(), "start", "--head", f"--node-ip-address={head_ip}",
                  f"--port={HEAD_PORT}", f"--num-cpus={head_cpus}", f"--temp-dir={tmp / 'a'}",
-                 "--include-dashboard=false", *common],
-                head_ns, node_env, tmp / "head.log"))
+                 *dash, *common],
+                head_ns, head_env, tmp / "head.log"))
             deadline = time.monotonic() + start_timeout
             # `ray start` writes this once the head's GCS and raylet are up.
             _wait((tmp / "a" / "ray_current_cluster").exists, procs, deadline,
@@ -412,11 +463,7 @@ def two_host_cluster(head_cpus: int = 1, worker_cpus: int = 1, token: str | None
             procs.append(_start_node(
                 [_ray_bin(), "start", f"--address={address}", f"--node-ip-address={worker_ip}",
                  f"--num-cpus={worker_cpus}", f"--temp-dir={tmp / 'b'}", *common],
-                worker_ns, node_env, tmp / "worker.log"))
-
-            cluster = TwoHostCluster(head_ns=head_ns, worker_ns=worker_ns, head_ip=head_ip,
-                                     worker_ip=worker_ip, address=address, token=token,
-                                     tmp_dir=tmp, head_veth=veth_a, worker_veth=veth_b)
+                worker_ns, worker_env, tmp / "worker.log"))
             waiter = cluster.popen([sys.executable, "-c", _WAIT_FOR_NODES, address, head_ip,
                                     worker_ip], stdout=subprocess.PIPE,
                                    stderr=subprocess.PIPE, text=True)
@@ -433,6 +480,14 @@ def two_host_cluster(head_cpus: int = 1, worker_cpus: int = 1, token: str | None
                                    f"{waiter.returncode}\n{err[-3000:]}\n{_logs_tail(tmp)}")
             alive = json.loads(out.strip().splitlines()[-1])
             cluster.head_node_id, cluster.worker_node_id = alive[head_ip], alive[worker_ip]
+            if dashboard:
+                cluster.dashboard_url = f"http://{head_ip}:{DASHBOARD_PORT}"
+                left = max(1.0, deadline - time.monotonic())
+                res = cluster.run([sys.executable, "-c", _WAIT_FOR_DASHBOARD,
+                                   cluster.dashboard_url, str(left)], timeout=left + 30)
+                if res.returncode != 0:
+                    raise RuntimeError(f"waiting for the dashboard: {res.stderr[-3000:]}\n"
+                                       f"{_logs_tail(tmp)}")
             yield cluster
             ok = True
         finally:

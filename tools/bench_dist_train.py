@@ -1,6 +1,6 @@
 """Benchmark: `fntk train --workers` throughput and memory, on an embedded local Ray cluster.
 
-    python tools/bench_dist_train.py [--m 131072 --d 256 --n 256 --steps 6]
+    python tools/bench_dist_train.py [--m 131072 --d 256 --n 2048 --steps 4]
 
 Three runs of the same float32 dense net, full batch, Adam (so ZeRO has optimizer state to
 partition), each through run_train_distributed (Ray Train + DeepSpeed, gloo):
@@ -33,8 +33,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--m", type=int, default=131072)
     ap.add_argument("--d", type=int, default=256)
-    ap.add_argument("--n", type=int, default=256)
-    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--n", type=int, default=2048)
+    ap.add_argument("--steps", type=int, default=4)
     args = ap.parse_args()
     connect(None, min_cpus=2)
     out = {}

@@ -71,7 +71,7 @@ def run_train_distributed(cfg: RunConfig, out_dir: Path, resume: bool = False,
     out_dir = out_dir.resolve()
     if resume and not _has_checkpoint(out_dir):
         raise ConfigError(f"--resume: {out_dir} holds no checkpoint to resume from")
-    if not resume and (out_dir / RAY_RUN).exists():
+    if not resume and _has_checkpoint(out_dir):
         raise ConfigError(f"--out: {out_dir} holds a started run; pass --resume to continue it "
                           "or choose another folder")
     connect(cfg.dist.address, cfg.dist.connect_timeout_s, min_cpus=width * data,
@@ -105,8 +105,9 @@ def run_train_distributed(cfg: RunConfig, out_dir: Path, resume: bool = False,
         trainer.fit()
     except Exception as err:  # Ray Train's TrainingFailedError, after max_failures restarts
         first = str(err).strip().splitlines()
+        again = ("continue it with --resume from its last checkpoint"
+                 if _has_checkpoint(out_dir) else "no checkpoint was written")
         raise TrainingFailed(
-            f"training failed after {cfg.dist.max_failures} restarts: "
-            f"{first[0] if first else type(err).__name__} (worker logs: {out_dir / RAY_RUN}; "
-            f"continue with --resume from the last checkpoint)") from err
+            f"training failed (dist.max_failures = {cfg.dist.max_failures}): "
+            f"{first[0] if first else type(err).__name__}; {again}") from err
     return json.loads((out_dir / "summary.json").read_text())
