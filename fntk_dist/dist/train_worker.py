@@ -149,6 +149,10 @@ def train_shard(cfg: RunConfig, out_dir: Path, mesh: Mesh, run_id: str | None = 
         hist["restarts"] += 1
     tracker = None
     if rank == 0:
+        if run_id is not None and hist["restarts"]:
+            # W&B's service may still hold the stream of the attempt that failed ("run ID is
+            # in use"): a restarted attempt logs to its own run, from its checkpoint's step on.
+            run_id = f"{run_id}-r{hist['restarts']}"
         tracker = make_tracker(cfg.tracking, out_dir, cfg.name or out_dir.name,
                                cfg.model_dump(mode="json"), run_id=run_id, rows=hist["rows"])
 
