@@ -13,15 +13,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .data.config import DataConfig
-from .dist.config import DistConfig
+from .distributed.config import DeepSpeedConfig, DistConfig
+from .errors import ConfigError
+from .gram.config import GramConfig
 from .models.config import ModelConfig
-from .ntk.config import GramConfig
 from .track.config import TrackingConfig
 from .train.config import TrainConfig
 
-
-class ConfigError(ValueError):
-    """A config that cannot be used; str() is one line naming the key."""
+__all__ = ["ConfigError", "RunConfig", "build_config", "dump_config", "load_config",
+           "parse_override"]
 
 
 class RunConfig(BaseModel):
@@ -34,6 +34,7 @@ class RunConfig(BaseModel):
     gram: GramConfig = Field(default_factory=GramConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     dist: DistConfig = Field(default_factory=DistConfig)
+    deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
 
 
 def _format(err: ValidationError, source: str) -> str:

@@ -23,7 +23,9 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from fntk_dist.cli.main import main
 from fntk_dist.config import RunConfig, build_config
 from fntk_dist.dist.cluster import connect, shutdown
-from fntk_dist.train.loop import train
+from fntk_dist.train.job import run_train_job
+
+ASSETS = Path(__file__).parent / "assets"
 
 # The loop function below is shipped by value: workers cannot import this test module.
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -48,7 +50,7 @@ def config(model: dict, steps: int = 50, **over) -> RunConfig:
 
 
 def train_configs(loop_config: dict) -> None:
-    from fntk_dist.dist.train_worker import init_mesh, train_shard
+    from fntk_dist.distributed.train_worker import init_mesh, train_shard
 
     mesh = init_mesh(loop_config["width"], loop_config["data"])
     for name, raw in loop_config["cfgs"].items():
@@ -89,7 +91,7 @@ def single_process(tmp_path_factory) -> dict[str, list[float]]:
     root = tmp_path_factory.mktemp("single")
     out = {}
     for name, model in MODELS.items():
-        train(config(model), root / name, progress=False)
+        run_train_job(config(model), root / name, progress=False)
         out[name] = losses(root / name)
     return out
 
@@ -106,7 +108,7 @@ def test_mesh_matches_the_single_process_trainer(ray_cluster, single_process, tm
             assert a == pytest.approx(b, rel=1e-6), (name, step)
 
 
-ZERO = {
+ZERO = {  # deepspeed.* settings
     "stage0": {"zero_stage": 0},
     "stage1": {"zero_stage": 1},
     "stage2": {"zero_stage": 2},
@@ -118,8 +120,8 @@ ZERO = {
 
 def test_every_zero_stage_and_offload_trains(ray_cluster, tmp_path):
     cfgs = {name: config({"mode": "dense", "m": 64, "dtype": "float32"}, steps=20,
-                         dist=dist, data={"n": 8, "d": 8})
-            for name, dist in ZERO.items()}
+                         deepspeed=ds, data={"n": 8, "d": 8})
+            for name, ds in ZERO.items()}
     out = fit(tmp_path, cfgs, width=1, data=2)
     for name in ZERO:
         got = losses(out / name)
@@ -134,6 +136,7 @@ def write_config(tmp_path: Path, cfg: RunConfig) -> Path:
 
 def test_fntk_train_workers_writes_the_run_folder_and_wandb(ray_cluster, tmp_path):
     cfg = config(MODELS["sketch_out"], steps=12, dist={"width": 2, "data": 1},
+                 data={"n": 20, "test_fraction": 0.2},
                  tracking={"wandb": True, "group": "tests"})
     out = tmp_path / "run"
     argv = ["train", str(write_config(tmp_path, cfg)), "--workers", "2", "--out", str(out),
@@ -144,6 +147,8 @@ def test_fntk_train_workers_writes_the_run_folder_and_wandb(ray_cluster, tmp_pat
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["workers"], summary["width"], summary["data"], summary["m"]) == (2, 2, 1, 32)
     assert summary["final_loss"] < summary["initial_loss"] and summary["samples_per_s"] > 0
+    assert summary["n_test"] == 4 and summary["final_test_mse"] > 0
+    assert "test_error" in pq.read_table(out / "metrics.parquet").column_names
     # The W&B offline run holds, per step, the loss and the throughput.
     (run_file,) = (out / "wandb").glob("offline-run-*/run-*.wandb")
     rows = wandb_records.history(run_file)
@@ -153,14 +158,41 @@ def test_fntk_train_workers_writes_the_run_folder_and_wandb(ray_cluster, tmp_pat
     assert main(argv) == 2  # a started run is not overwritten
 
 
+def test_mesh_run_matches_the_golden_curve_and_the_single_process_run(ray_cluster, tmp_path):
+    """The same config with and without --workers: the loss curve kept from before the
+    trainers were one loop, and the same files and summary keys."""
+    golden = json.loads((ASSETS / "golden_curves.json").read_text())["mesh_2x1"]
+    runs = {"mesh": ["--workers", "2"], "single": []}
+    for name, flags in runs.items():
+        out = tmp_path / name
+        assert main(["train", str(ASSETS / "mesh_run.yaml"), *flags, "--out", str(out),
+                     "--quiet"]) == 0
+        got = losses(out)
+        assert len(got) == len(golden) == 31
+        for step, (a, b) in enumerate(zip(got, golden, strict=True)):
+            assert a == pytest.approx(b, rel=1e-12, abs=0), (name, step)
+    # Ray Train keeps its storage (checkpoints/) in the run folder even with no checkpoint.
+    files = {name: {p.name for p in (tmp_path / name).iterdir()} - {"checkpoints"}
+             for name in runs}
+    assert files["mesh"] == files["single"]
+    keys = {name: set(json.loads((tmp_path / name / "summary.json").read_text()))
+            for name in runs}
+    assert keys["mesh"] == keys["single"]
+
+
 BAD = {
     "mesh": (["dist.width=2", "dist.data=2"], "dist: width * data"),
     "width": (["model.m=33", "dist.width=2"], "dist.width"),
-    "stage": (["dist.zero_stage=4"], "dist.zero_stage"),
-    "float64_zero": (["dist.zero_stage=1"], "dist.zero_stage"),
-    "offload": (["model.dtype=float32", "dist.offload=true"], "dist.offload"),
-    "bf16_cpu": (["model.dtype=float32", "dist.precision=bf16"], "dist.precision"),
+    "stage": (["deepspeed.zero_stage=4"], "deepspeed.zero_stage"),
+    "float64_zero": (["deepspeed.zero_stage=1"], "deepspeed.zero_stage"),
+    "offload": (["model.dtype=float32", "deepspeed.offload=true"], "deepspeed.offload"),
+    "bf16_cpu": (["model.dtype=float32", "deepspeed.precision=bf16"], "deepspeed.precision"),
     "address": (["--address", "127.0.0.1:9"], "--address"),
+    # Rules that need the data's size, checked on the driver as in one process:
+    "lr_unset": (["train.gram_max_n=8"], "train.lr: required when n=16"),
+    "batch": (["train.optimizer=sgd", "train.batch_size=17", "train.lr=0.1"],
+              "train.batch_size: 17 exceeds"),
+    "srht_rank": (["model.mode=sketch_in", "model.k=16", "model.sketch=srht"], "model.k"),
 }
 
 

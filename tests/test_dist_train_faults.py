@@ -19,7 +19,9 @@ import pytest
 import yaml
 
 from fntk_dist.config import build_config
-from fntk_dist.train.loop import train
+from fntk_dist.distributed.train_job import last_checkpoint_step
+from fntk_dist.train.job import run_train_job
+from fntk_dist.train.parts import FolderCheckpointer
 
 # About 60 ms a step on two workers, a checkpoint every 4 steps: long enough to kill
 # something between the first checkpoint and the end.
@@ -27,8 +29,8 @@ RAW = {
     "model": {"mode": "sketch_in", "m": 16384, "k": 16, "sketch": "gaussian",
               "dtype": "float64"},
     "data": {"source": "sphere", "n": 256, "d": 16},
-    "train": {"steps": 24, "log_every": 1, "ntk_every": 0},
-    "dist": {"width": 2, "data": 1, "checkpoint_every": 4, "max_failures": 2},
+    "train": {"steps": 24, "log_every": 1, "ntk_every": 0, "checkpoint_every": 4},
+    "dist": {"width": 2, "data": 1, "max_failures": 2},
     "tracking": {"wandb": True},
 }
 
@@ -36,8 +38,8 @@ RAW = {
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> list[float]:
     out = tmp_path_factory.mktemp("single") / "run"
-    train(build_config({**RAW, "dist": {}, "tracking": {"wandb": False}}, source="test"), out,
-          progress=False)
+    run_train_job(build_config({**RAW, "dist": {}, "tracking": {"wandb": False}}, source="test"),
+                  out, progress=False)
     return losses(out)
 
 
@@ -47,28 +49,22 @@ def losses(run: Path) -> list[float]:
     return [v for v in table["loss"] if v is not None]
 
 
-def start(tmp_path: Path, out: Path, *extra: str) -> subprocess.Popen:
+def start(tmp_path: Path, out: Path, *extra: str, raw: dict = RAW) -> subprocess.Popen:
     cfg = tmp_path / "train.yaml"
-    cfg.write_text(yaml.safe_dump(RAW))
-    argv = [sys.executable, "-m", "fntk_dist.cli.main", "train", str(cfg), "--workers", "2",
+    cfg.write_text(yaml.safe_dump(raw))
+    workers = ["--workers", "2"] if raw["dist"] else []
+    argv = [sys.executable, "-m", "fntk_dist.cli.main", "train", str(cfg), *workers,
             "--out", str(out), "--quiet", *extra]
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "RAY_ADDRESS": ""})
 
 
-def checkpointed_step(out: Path) -> int:
-    """The step of the last checkpoint Ray Train registered (every rank reported it), or 0."""
-    try:
-        snapshot = json.loads((out / "ray_train/checkpoint_manager_snapshot.json").read_text())
-    except (OSError, ValueError):
-        return 0
-    return ((snapshot.get("latest_checkpoint_result") or {}).get("metrics") or {}).get("step", 0)
-
-
 def wait_for_checkpoint(proc: subprocess.Popen, out: Path, after: int,
                         timeout: float = 240) -> int:
+    """The step of the last checkpoint Ray Train registered (every rank reported it), once it
+    is past `after`."""
     t0 = time.monotonic()
-    while (step := checkpointed_step(out)) <= after:
+    while (step := last_checkpoint_step(out) or 0) <= after:
         assert proc.poll() is None, f"run ended before a checkpoint: {proc.communicate()}"
         assert time.monotonic() - t0 < timeout, "no checkpoint"
         time.sleep(0.05)
@@ -116,3 +112,29 @@ def test_killed_worker_and_killed_driver_both_recover_from_checkpoints(tmp_path,
         assert a == pytest.approx(b, rel=1e-9)
     assert summary["restarts_from_checkpoint"] == 2
     assert any((out / "wandb").glob("offline-run-*"))
+
+
+def test_killed_single_process_run_resumes_from_its_checkpoint(tmp_path, reference):
+    """One process checkpoints into RUN/checkpoints and --resume continues from there."""
+    out, raw = tmp_path / "run", {**RAW, "dist": {}}
+    proc = start(tmp_path, out, raw=raw)
+    t0 = time.monotonic()
+    while not list((out / "checkpoints").glob("checkpoint_*")):
+        assert proc.poll() is None, f"run ended before a checkpoint: {proc.communicate()}"
+        assert time.monotonic() - t0 < 240, "no checkpoint"
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait()
+    assert not (out / "summary.json").exists(), "the run finished before the kill"
+    with FolderCheckpointer(out).latest() as folder:
+        assert folder is not None and folder.name.startswith("checkpoint_")
+    again = start(tmp_path, out, raw=raw)
+    assert again.wait(timeout=120) == 2  # a started run needs --resume
+    resumed = start(tmp_path, out, "--resume", raw=raw)
+    _, stderr = resumed.communicate(timeout=400)
+    assert resumed.returncode == 0, stderr[-3000:]
+    got = losses(out)
+    assert len(got) == len(reference)
+    for a, b in zip(got, reference, strict=True):
+        assert a == pytest.approx(b, rel=1e-12)
+    assert json.loads((out / "summary.json").read_text())["restarts_from_checkpoint"] == 1

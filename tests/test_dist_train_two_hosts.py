@@ -27,7 +27,7 @@ import yaml
 from netns_cluster import dashboard_available, skip_without_netns, two_host_cluster
 
 from fntk_dist.config import build_config
-from fntk_dist.train.loop import train
+from fntk_dist.train.job import run_train_job
 
 pytestmark = [pytest.mark.slow, skip_without_netns]
 needs_jobs_api = pytest.mark.skipif(not dashboard_available(),
@@ -64,7 +64,7 @@ print(json.dumps({"status": info.status.value, "message": info.message,
 def reference(raw: dict, out: Path) -> dict:
     """The single-process trainer's summary for the same net and data (tracking off: it does
     not touch the loss)."""
-    return train(build_config({**raw, "tracking": {"wandb": False}}, source="test"), out,
+    return run_train_job(build_config({**raw, "tracking": {"wandb": False}}, source="test"), out,
                  progress=False)
 
 

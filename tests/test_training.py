@@ -9,7 +9,7 @@ import torch
 
 from fntk_dist.config import build_config
 from fntk_dist.train.diagnostics import fitted_rate
-from fntk_dist.train.loop import train
+from fntk_dist.train.job import run_train_job
 
 
 def cfg(**sections):
@@ -28,7 +28,7 @@ def cfg(**sections):
                                          ("sketch_in", "countsketch")])
 def test_lazy_modes_converge_at_least_at_the_ntk_rate(tmp_path, mode, sketch):
     model = {"mode": mode, "k": None if mode == "dense" else 16, "sketch": sketch}
-    s = train(cfg(model=model), tmp_path / "run", progress=False)
+    s = run_train_job(cfg(model=model), tmp_path / "run", progress=False)
     assert s["loss_reduction"] > 1e4  # countsketch with k < n is the slowest: 3e4 here
     # Per-neuron rows trained at large width: the kernel regime. The loss falls at least as
     # fast as (1 - eta lambda_min(H0))^2 and H barely moves.
@@ -41,7 +41,7 @@ def test_lazy_modes_converge_at_least_at_the_ntk_rate(tmp_path, mode, sketch):
 def test_modes_training_the_shared_factor_converge_but_leave_the_kernel_regime(
     tmp_path, mode, sketch
 ):
-    s = train(cfg(model={"mode": mode, "k": 16, "sketch": sketch}), tmp_path / "run",
+    s = run_train_job(cfg(model={"mode": mode, "k": 16, "sketch": sketch}), tmp_path / "run",
               progress=False)
     assert s["loss_reduction"] > 1e6
     # V (k x d) is shared by every neuron: its steps move all of them, so H(t) drifts by a
@@ -52,14 +52,14 @@ def test_modes_training_the_shared_factor_converge_but_leave_the_kernel_regime(
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_minibatch_optimisers_reduce_the_loss(tmp_path, optimizer):
     lr = {"sgd": None, "adam": 1e-2}[optimizer]
-    s = train(cfg(train={"optimizer": optimizer, "batch_size": 8, "lr": lr, "steps": 60,
+    s = run_train_job(cfg(train={"optimizer": optimizer, "batch_size": 8, "lr": lr, "steps": 60,
                          "log_every": 5, "lr_scale": 0.5}), tmp_path / "run", progress=False)
     assert s["final_loss"] < 0.2 * s["initial_loss"]
     assert s["predicted_rate"] is None  # GD's prediction does not apply
 
 
 def test_test_split_metrics_on_digits(tmp_path):
-    s = train(cfg(data={"source": "digits", "n": 200, "test_fraction": 0.25}),
+    s = run_train_job(cfg(data={"source": "digits", "n": 200, "test_fraction": 0.25}),
               tmp_path / "run", progress=False)
     assert s["n"] == 150 and s["n_test"] == 50 and 0 <= s["final_test_error"] < 0.5
 
@@ -68,8 +68,8 @@ def test_large_n_needs_an_explicit_step(tmp_path):
     from fntk_dist.config import ConfigError
 
     with pytest.raises(ConfigError, match="train.lr"):
-        train(cfg(train={"gram_max_n": 16}), tmp_path / "run", progress=False)
-    s = train(cfg(train={"gram_max_n": 16, "lr": 0.3, "steps": 20}), tmp_path / "run2",
+        run_train_job(cfg(train={"gram_max_n": 16}), tmp_path / "run", progress=False)
+    s = run_train_job(cfg(train={"gram_max_n": 16, "lr": 0.3, "steps": 20}), tmp_path / "run2",
               progress=False)
     assert s["lambda_min_0"] is None and s["final_loss"] < s["initial_loss"]
 
@@ -81,7 +81,7 @@ def test_fitted_rate_recovers_a_geometric_sequence():
 
 
 def test_same_config_same_curve(tmp_path):
-    a = train(cfg(train={"steps": 20}), tmp_path / "a", progress=False)
-    b = train(cfg(train={"steps": 20}), tmp_path / "b", progress=False)
+    a = run_train_job(cfg(train={"steps": 20}), tmp_path / "a", progress=False)
+    b = run_train_job(cfg(train={"steps": 20}), tmp_path / "b", progress=False)
     assert a["final_loss"] == b["final_loss"]
     torch.testing.assert_close(a["lambda_min_0"], b["lambda_min_0"])

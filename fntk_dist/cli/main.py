@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..errors import UserError
 from .study import add_parsers as add_study_parsers
 from .study import run as run_study
 
@@ -35,17 +36,18 @@ def _parser() -> argparse.ArgumentParser:
             s.add_argument("--tile", type=int, metavar="T", help="rows per tile")
         else:
             s.add_argument("--resume", action="store_true",
-                           help="continue a stopped distributed run in --out from its last "
-                                "checkpoint")
+                           help="continue a stopped run in --out from its last checkpoint "
+                                "(train.checkpoint_every)")
     add_study_parsers(sub)
     return p
 
 
-def _dist_overrides(args: argparse.Namespace) -> list[str]:
-    """--workers/--address/--tile are shorthands for dist.* overrides (validated alike)."""
-    flags = {"workers": getattr(args, "workers", None), "address": getattr(args, "address", None),
-             "tile": getattr(args, "tile", None)}
-    return [f"dist.{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]
+def _overrides(args: argparse.Namespace) -> list[str]:
+    """--workers/--address/--tile are shorthands for config overrides (validated alike)."""
+    flags = {"dist.workers": getattr(args, "workers", None),
+             "dist.address": getattr(args, "address", None),
+             "gram.tile": getattr(args, "tile", None)}
+    return [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]
 
 
 def _out_dir(args: argparse.Namespace, name: str, resumable: bool) -> Path:
@@ -54,11 +56,18 @@ def _out_dir(args: argparse.Namespace, name: str, resumable: bool) -> Path:
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         return Path("runs") / f"{name}-{stamp}"
     if args.out.exists() and not args.out.is_dir():
-        raise ValueError(f"--out: {args.out} exists and is not a folder")
+        raise UserError(f"--out: {args.out} exists and is not a folder")
     if not resumable and (args.out / "summary.json").exists():
-        raise ValueError(f"--out: {args.out} already holds a finished run (summary.json); "
-                         "choose another folder or remove it")
+        raise UserError(f"--out: {args.out} already holds a finished run (summary.json); "
+                        "choose another folder or remove it")
     return args.out
+
+
+TRAIN_KEYS = ("initial_loss", "final_loss", "loss_reduction", "steps_to_target",
+              "measured_rate", "predicted_rate", "lambda_min_0", "workers", "seconds_per_step",
+              "samples_per_s")
+GRAM_KEYS = ("n", "workers", "tiles_computed", "tiles_resumed", "lambda_min", "lambda_max",
+             "condition", "gram_rel_err_inf", "seconds", "tiles_per_s", "gflops")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,46 +82,29 @@ def main(argv: list[str] | None = None) -> int:
     args.overrides = [*args.overrides, *rest]
     # Heavy imports after argument parsing, so `fntk --help` is instant.
     from ..config import load_config
+    from ..distributed.train_job import TrainingFailed
 
     try:
-        cfg = load_config(args.config, [*args.overrides, *_dist_overrides(args)])
-        distributed = cfg.dist.workers is not None or cfg.dist.address is not None
+        cfg = load_config(args.config, [*args.overrides, *_overrides(args)])
         resume = getattr(args, "resume", False)
-        if resume and (args.out is None or not distributed):
-            raise ValueError("--resume: needs --out (the stopped run's folder) and --workers")
-        out = _out_dir(args, cfg.name, resumable=distributed and (args.command == "gram" or resume))
-        if args.command == "train" and distributed:
-            from ..dist.train_job import run_train_distributed
+        if resume and args.out is None:
+            raise UserError("--resume: needs --out, the stopped run's folder")
+        if args.command == "train":
+            from ..train.job import run_train_job
 
-            summary = run_train_distributed(cfg, out, resume=resume, progress=not args.quiet)
-            keys = ("initial_loss", "final_loss", "loss_reduction", "steps_to_target",
-                    "workers", "width", "data", "zero_stage", "seconds_per_step",
-                    "samples_per_s")
-        elif args.command == "train":
-            from ..train.loop import train
-
-            summary = train(cfg, out, progress=not args.quiet)
-            keys = ("initial_loss", "final_loss", "loss_reduction", "steps_to_target",
-                    "measured_rate", "predicted_rate", "lambda_min_0", "seconds_per_step")
-        elif not distributed:
-            from ..gram import run_gram
-
-            summary = run_gram(cfg, out, progress=not args.quiet)
-            keys = ("n", "lambda_min", "lambda_max", "condition", "gram_rel_err_inf", "seconds")
+            out = _out_dir(args, cfg.name, resumable=resume)
+            summary = run_train_job(cfg, out, resume=resume, progress=not args.quiet)
+            keys = TRAIN_KEYS
         else:
-            from ..dist.gram_job import run_gram_distributed
+            from ..gram.job import run_gram_job
 
-            summary = run_gram_distributed(cfg, out, progress=not args.quiet)
-            keys = ("n", "workers", "tiles_computed", "tiles_resumed", "lambda_min",
-                    "lambda_max", "condition", "seconds", "tiles_per_s", "gflops")
-    except ValueError as err:  # ConfigError, DataError and argument checks all name their key
+            out = _out_dir(args, cfg.name, resumable=True)
+            summary = run_gram_job(cfg, out, progress=not args.quiet)
+            keys = GRAM_KEYS
+    except UserError as err:  # config, data, cluster and argument errors all name their key
         print(f"fntk: error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    except RuntimeError as err:
-        from ..dist.train_job import TrainingFailed
-
-        if not isinstance(err, TrainingFailed):
-            raise
+    except TrainingFailed as err:
         print(f"fntk: error: {err}", file=sys.stderr)
         return 1
     print(json.dumps({k: summary.get(k) for k in keys}, indent=1))

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from ..errors import UserError
+
 EXIT_USAGE = 2
 
 
@@ -35,17 +37,17 @@ def run(args: argparse.Namespace, rest: list[str]) -> int:
             sweep, trials = load_sweep(args.config, [*args.overrides, *rest])
             out = args.out or Path("runs") / sweep.name
             if out.exists() and not out.is_dir():
-                raise ValueError(f"--out: {out} exists and is not a folder")
+                raise UserError(f"--out: {out} exists and is not a folder")
             result = run_sweep(sweep, trials, out, args.address, progress=not args.quiet)
             print(json.dumps(result, indent=1))
             return 0
         if rest:
-            raise ValueError(f"report takes no overrides, got {' '.join(rest)}")
+            raise UserError(f"report takes no overrides, got {' '.join(rest)}")
         from ..study import write_report
 
         path = write_report(args.dir, args.out)
         print(f"report: {path}")
         return 0
-    except ValueError as err:  # ConfigError, ClusterError and argument checks name their key
+    except UserError as err:  # config, cluster and argument errors name their key
         print(f"fntk: error: {err}", file=sys.stderr)
         return EXIT_USAGE

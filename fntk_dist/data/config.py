@@ -6,8 +6,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from ..errors import UserError
 
-class DataError(ValueError):
+
+class DataError(UserError):
     """Data that cannot be used; str() is one line naming the file (or key) and the problem."""
 
 

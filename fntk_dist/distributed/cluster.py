@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import socket
 
+from ..errors import UserError
 
-class ClusterError(ValueError):
+
+class ClusterError(UserError):
     """A cluster that cannot be used; str() is one line naming the address."""
 
 

@@ -3,7 +3,8 @@
 Rank r sits at (data_rank, width_rank) = divmod(r, width): the ranks of one width group (one
 replica of the whole net, split by neurons) are consecutive, so they share a node when they
 can. The object is also DeepSpeed's `mpu`: DeepSpeed partitions ZeRO state and averages
-gradients over the data group only, and treats the width group as model parallelism.
+gradients over the data group only, and treats the width group as model parallelism. How a
+net is split over the width group is fntk_dist.distributed.parallelize's business.
 """
 
 from __future__ import annotations
@@ -65,19 +66,7 @@ class Mesh:
             dist.all_reduce(t, group=self._data_group)
         return t
 
-    def width_output(self, partial: torch.Tensor) -> torch.Tensor:
-        """The net's output from this shard's partial sum over its neurons (differentiable)."""
-        return _SumOverWidth.apply(partial, self) if self.width > 1 else partial
-
-
-class _SumOverWidth(torch.autograd.Function):
-    """Forward: all-reduce the shards' partial outputs. Backward: identity, because every rank
-    of the width group computes the same loss from the same summed output."""
-
-    @staticmethod
-    def forward(ctx, partial: torch.Tensor, mesh: Mesh) -> torch.Tensor:
-        return mesh.sum_width(partial.clone())
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        return grad, None
+    def max_all(self, t: torch.Tensor) -> torch.Tensor:
+        """t's largest value over every rank, in place."""
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return t

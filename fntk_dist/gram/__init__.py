@@ -1,5 +1,6 @@
-"""Gram jobs: compute a net's NTK Gram over a data set and summarise its spectrum."""
+"""Gram jobs: a net's NTK Gram over a data set, tile by tile, in one process or on Ray actors,
+into one resumable tile store; its spectrum and summary."""
 
-from .single import run_gram
+from .tile_store import TileStore, TileStoreError, iter_tiles, load_gram
 
-__all__ = ["run_gram"]
+__all__ = ["TileStore", "TileStoreError", "iter_tiles", "load_gram"]

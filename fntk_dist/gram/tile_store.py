@@ -16,7 +16,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
-from fntk_dist.atomic import atomic_path, write_json
+from ..atomic import atomic_path, write_json
+from ..errors import UserError
 
 FORMAT = 1
 DTYPES = ("float64", "float32")
@@ -24,7 +25,7 @@ _TILE_NAME = re.compile(r"t_(\d+)_(\d+)\.arrow")
 _KEY = re.compile(r"(\d+)_(\d+)")
 
 
-class TileStoreError(ValueError):
+class TileStoreError(UserError):
     """A tile store that cannot be used as asked; the message names its folder."""
 
 

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..config import ConfigError, RunConfig, parse_override
 from ..data import load_dataset
+from ..errors import UserError
 
 # Short grid keys and the run-config keys they set.
 SHORT_KEYS = {
@@ -157,7 +158,7 @@ def _check_data(distinct: dict, source: str) -> None:
     for data in distinct.values():
         try:
             load_dataset(data)
-        except ValueError as err:
+        except UserError as err:
             raise ConfigError(f"{source}: {err}") from None
 
 

@@ -10,6 +10,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from ..atomic import write_text
+from ..errors import UserError
 from .plots import plot_all, with_labels
 from .sweep import RESULTS
 
@@ -94,12 +95,12 @@ def write_report(sweep_dir: str | Path, out: str | Path | None = None) -> Path:
     sweep_dir = Path(sweep_dir)
     results = sweep_dir / RESULTS
     if not results.is_file():
-        raise ValueError(f"{sweep_dir}: no {RESULTS} here; run `fntk sweep` into it first")
+        raise UserError(f"{sweep_dir}: no {RESULTS} here; run `fntk sweep` into it first")
     out = Path(out) if out is not None else sweep_dir / "report"
     raw = pq.read_table(results).to_pandas()
     df = with_labels(raw)
     if df.empty:
-        raise ValueError(f"{results}: no finished trial to report on")
+        raise UserError(f"{results}: no finished trial to report on")
     plots = plot_all(df, out)
     failed = raw[raw["error"].notna()]
     parts = [

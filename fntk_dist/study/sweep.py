@@ -14,7 +14,7 @@ from typing import Any
 from tqdm import tqdm
 
 from ..atomic import write_json, write_text
-from ..dist.cluster import connect
+from ..distributed.cluster import connect
 from .config import SweepConfig, Trial
 from .results import trial_row, write_results
 from .trial import is_finished, read_trial, run_trial

@@ -1,8 +1,8 @@
 """One trial of a sweep, in its own folder: kernel regression first, then `fntk train`.
 
-The folder is finished exactly when summary.json exists: train() writes it last, atomically,
-so a trial killed at any point reads as unfinished and is run again. Nothing here imports Ray;
-the sweep wraps run_trial in a Ray task.
+The folder is finished exactly when summary.json exists: the training run writes it last,
+atomically, so a trial killed at any point reads as unfinished and is run again. Nothing here
+imports Ray; the sweep wraps run_trial in a Ray task.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from threadpoolctl import threadpool_limits
 from ..atomic import write_json
 from ..config import RunConfig
 from ..data import load_dataset
-from ..models.validation import as_dtype
 from ..ntk.regression import analytic_ntk_predict, empirical_ntk_predict, prediction_errors
-from ..train.loop import resolve_device, train
+from ..runtime import as_dtype, resolve_device
+from ..train.job import run_train_job
 
 SUMMARY, REGRESSION = "summary.json", "regression.json"
 
@@ -36,7 +36,7 @@ def regression_metrics(cfg: RunConfig) -> dict[str, float]:
     if len(data.y_test) == 0:
         return {}
     t0 = time.perf_counter()
-    device, dt = resolve_device(cfg.train.device), as_dtype(cfg.model.dtype)
+    device, dt = resolve_device(cfg.train.device, "train.device"), as_dtype(cfg.model.dtype)
     x, y, xt, yt = (torch.as_tensor(a, dtype=dt, device=device)
                     for a in (data.x, data.y, data.x_test, data.y_test))
     net = cfg.model.build(d=data.d, device=device)
@@ -60,7 +60,7 @@ def run_trial(config: dict[str, Any], folder: str, regression: bool, threads: in
     with threadpool_limits(threads):
         if regression:
             write_json(out / REGRESSION, regression_metrics(cfg))
-        train(cfg, out, progress=False)
+        run_train_job(cfg, out, progress=False)
 
 
 def read_trial(folder: Path) -> dict[str, Any]:

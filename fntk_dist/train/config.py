@@ -29,3 +29,7 @@ class TrainConfig(BaseModel):
     block: int | None = Field(None, ge=1, description="neurons per block; default by n")
     target_ratio: float = Field(1e-6, gt=0, lt=1, description="'converged': loss <= this * L(0)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    checkpoint_every: int = Field(
+        0, ge=0, description="steps between checkpoints (0: none); --resume continues from the "
+                             "last one"
+    )

@@ -3,7 +3,7 @@
 Gram terms (lambda_min(H(t)), ||H(t) - H(0)||_2) need the n x n Gram, formed only while
 n <= gram_max_n; the weight terms (largest neuron move, flipped activation patterns) walk the
 neurons in blocks at any size. A width-sharded run passes `width`, whose sum_width/max_width
-reduce a shard's sums over the other shards of its replica (see fntk_dist.dist.mesh).
+reduce a shard's sums over the other shards of its replica (see fntk_dist.distributed.mesh).
 """
 
 from __future__ import annotations
@@ -50,10 +50,7 @@ class Diagnostics:
         if self.width is None:
             return empirical_ntk(net, self.x, block=self.block)
         with torch.no_grad():
-            part = gram_partial(net, self.x, block=self.block)
-            for t in (part.ss, part.rr, part.g1):  # g2 is g1 here: X against itself
-                if t is not None:
-                    self.width.sum_width(t)
+            part = gram_partial(net, self.x, block=self.block).all_reduce_(self.width.sum_width)
             return finish_gram(net, part, self.x)
 
     def gram(self, net: TwoLayerNet) -> dict[str, float]:

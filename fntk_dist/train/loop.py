@@ -1,137 +1,208 @@
-"""Single-process training: the whole path from config to run folder, read in one go.
+"""The training loop, one for a single process and for every rank of a distributed run.
 
 Loss L = 1/2 sum_i (f(x_i) - y_i)^2. Full-batch gradient descent by default (SGD and Adam on
 mini-batches as options); the step size is given or eta = lr_scale / lambda_max(H(0)). Every
 step walks the neurons in blocks (train.blocked), so memory stays O(n * block + parameters).
+
+What differs between one process and a mesh of Ray Train workers is plugged in (train.parts):
+the mesh's collectives, the engine (a torch optimizer or DeepSpeed) and the checkpointer. Every
+rank runs the same steps in lockstep (the collectives need it); rank 0 alone owns the tracker
+(run folder and W&B).
 """
 
 from __future__ import annotations
 
+import json
+import resource
 import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import psutil
 import torch
 from tqdm import tqdm
 
-from ..atomic import write_text
-from ..config import ConfigError, RunConfig, dump_config
-from ..data import load_dataset
-from ..models.validation import as_dtype
+from ..checks import batch_size
+from ..config import RunConfig
+from ..data import Dataset
+from ..distributed.parallelize import neuron_range, shard_ranges, sum_output, sum_shared_gradients
+from ..models.net import TwoLayerNet
+from ..runtime import as_dtype, synchronize
 from ..track import make_tracker
-from .blocked import blocked_output
 from .diagnostics import Diagnostics
+from .parts import Checkpointer, Engine, Mesh
 from .summary import finish_run
 
-
-def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device: cuda asked for, but no CUDA device is available")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
+STATE = "fntk_state.json"  # the loop's own state inside a checkpoint (rank 0 writes it)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+@dataclass
+class LoopState:
+    """What the loop carries from step to step, and so what a checkpoint restores."""
+
+    step: int = 0
+    rows: list[dict] = field(default_factory=list)  # what the tracker logged
+    step_seconds: list[float] = field(default_factory=list)
+    target_step: int | None = None
+    loss0: float | None = None
+    restarts: int = 0
+    gen: list[int] | None = None  # the mini-batch generator's state
 
 
-def train(cfg: RunConfig, out_dir: Path, progress: bool = True) -> dict:
-    """Train cfg's net on cfg's data; write the run folder; return the summary."""
+def _rss_mb(mesh: Mesh) -> tuple[float, float]:
+    """(peak, current) resident memory of this process in MiB, each the largest over all ranks
+    (a collective). The peak includes building the whole shard before ZeRO partitions it."""
+    rss = torch.tensor([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+                        psutil.Process().memory_info().rss / 2**20], dtype=torch.float64)
+    mesh.max_all(rss)
+    return float(rss[0]), float(rss[1])
+
+
+def train_loop(
+    cfg: RunConfig, out_dir: Path, data: Dataset, *, mesh: Mesh, device: torch.device,
+    make_engine: Callable[[TwoLayerNet, float, int], Engine], checkpointer: Checkpointer,
+    run_id: str | None = None, progress: bool = True, bar_class: type = tqdm,
+) -> dict:
+    """Train cfg's net (this rank's shard of it) on data; rank 0 writes the run folder and
+    returns the summary (other ranks return {}).
+
+    make_engine(net, eta, rows): the engine for this rank's shard, which sees `rows` points of
+    each batch. checkpointer.latest() is restored first, if there is one.
+    """
     tc = cfg.train
-    device = resolve_device(tc.device)
-    data = load_dataset(cfg.data)
+    batch = batch_size(cfg, data.n)  # the driver has checked the run (fntk_dist.checks)
     dt = as_dtype(cfg.model.dtype)
     x = torch.as_tensor(data.x, dtype=dt, device=device)
     y = torch.as_tensor(data.y, dtype=dt, device=device)
-    n = x.shape[0]
-    if tc.lr is None and n > tc.gram_max_n:
-        raise ConfigError(f"train.lr: required when n={n} > train.gram_max_n={tc.gram_max_n} "
-                          "(the step size is otherwise read off the n x n Gram)")
-    if tc.batch_size is not None and tc.batch_size > n:
-        raise ConfigError(f"train.batch_size: {tc.batch_size} exceeds the {n} training points")
-    net = cfg.model.build(d=data.d, device=device)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_text(out_dir / "config.yaml", dump_config(cfg))
-
-    diag = Diagnostics(net, x, tc.gram_max_n, tc.block, cfg.gram.top)
-    eta = tc.lr if tc.lr is not None else tc.lr_scale / diag.spec0.lambda_max
-    params = [p for p in net.parameters() if p.requires_grad]
-    opt = (torch.optim.Adam(params, lr=eta) if tc.optimizer == "adam"
-           else torch.optim.SGD(params, lr=eta))
-    batch = n if tc.optimizer == "gd" or tc.batch_size is None else tc.batch_size
-    gen = torch.Generator().manual_seed(cfg.model.seed)
-    cost = net.cost()
     x_test = torch.as_tensor(data.x_test, dtype=dt, device=device)
     y_test = torch.as_tensor(data.y_test, dtype=dt, device=device)
-    rows: list[dict] = []  # what the tracker logs, kept for the summary
-    tracker = make_tracker(cfg.tracking, out_dir, cfg.name or out_dir.name,
-                           cfg.model_dump(mode="json"), rows=rows)
+    n = data.n
+    net = cfg.model.build(d=data.d, neurons=neuron_range(cfg.model.m, mesh), device=device)
+    diag = Diagnostics(net, x, tc.gram_max_n, tc.block, cfg.gram.top,
+                       width=mesh if mesh.width > 1 else None)
+    eta = tc.lr if tc.lr is not None else tc.lr_scale / diag.spec0.lambda_max
+    r0, r1 = shard_ranges(batch, mesh.data)[mesh.data_rank]  # this rank's part of a batch
+    f0, f1 = shard_ranges(n, mesh.data)[mesh.data_rank]  # ... and of all n points
+    engine = make_engine(net, eta, r1 - r0)
+    sum_shared_gradients(net, mesh)
+    gen = torch.Generator().manual_seed(cfg.model.seed)
+    cost = net.cost()  # per point, the whole net (all shards)
+
+    state = LoopState()
+    with checkpointer.latest() as folder:
+        if folder is not None:
+            engine.load(folder)
+            state = LoopState(**json.loads((folder / STATE).read_text()))
+            gen.set_state(torch.tensor(state.gen, dtype=torch.uint8))
+            state.restarts += 1
+    tracker = None
+    if mesh.rank == 0:
+        if run_id is not None and state.restarts:
+            # W&B's service may still hold the stream of the attempt that stopped ("run ID is
+            # in use"): a restarted attempt logs to its own run, from its checkpoint's step on.
+            run_id = f"{run_id}-r{state.restarts}"
+        tracker = make_tracker(cfg.tracking, out_dir, cfg.name or out_dir.name,
+                               cfg.model_dump(mode="json"), run_id=run_id, rows=state.rows)
+
+    def output(xb: torch.Tensor) -> torch.Tensor:
+        return sum_output(engine.forward(xb), mesh)
 
     def full_loss() -> float:
         with torch.no_grad():
-            return float(0.5 * ((blocked_output(net, x, tc.block) - y) ** 2).sum())
+            local = 0.5 * ((output(x[f0:f1]) - y[f0:f1]) ** 2).sum()
+        return float(mesh.sum_data(local))
 
     def test_metrics() -> dict[str, float]:
         if y_test.numel() == 0:
             return {}
         with torch.no_grad():
-            pred = blocked_output(net, x_test, tc.block)
+            pred = output(x_test)
         return {"test_mse": float(((pred - y_test) ** 2).mean()),
                 "test_error": float((torch.sign(pred) != torch.sign(y_test)).double().mean())}
 
-    step_seconds: list[float] = []
-    target_step, loss0 = None, None
+    def checkpoint(next_step: int, loss_value: float | None) -> None:
+        snapshot = asdict(state) | {"step": next_step, "gen": gen.get_state().tolist()}
+
+        def write(folder: Path) -> None:
+            engine.save(folder)
+            if mesh.rank == 0:
+                (folder / STATE).write_text(json.dumps(snapshot))
+
+        checkpointer.save(next_step, write, {"step": next_step, "loss": loss_value})
+
+    bar = None
+    if mesh.rank == 0 and progress:
+        bar = bar_class(total=tc.steps + 1, desc=f"train {cfg.name or out_dir.name}")
+        bar.update(state.step)
     try:
-        bar = tqdm(range(tc.steps + 1), desc=f"train {cfg.name or out_dir.name}", unit="step",
-                   disable=not progress, mininterval=1.0)
-        for t in bar:
+        for t in range(state.step, tc.steps + 1):
             last, logging = t == tc.steps, t % tc.log_every == 0 or t == tc.steps
             row: dict[str, float] = {}
-            _sync(device)
+            synchronize(device)
             t0 = time.perf_counter()
             if batch == n:
-                out = blocked_output(net, x, tc.block)
-                loss = 0.5 * ((out - y) ** 2).sum()
+                xb, yb, scale = x[r0:r1], y[r0:r1], 1.0
             else:
-                idx = torch.randperm(n, generator=gen)[:batch].to(device)
-                out = blocked_output(net, x[idx], tc.block)
-                loss = 0.5 * (n / batch) * ((out - y[idx]) ** 2).sum()
-            _sync(device)
+                idx = torch.randperm(n, generator=gen)[:batch][r0:r1].to(device)
+                xb, yb, scale = x[idx], y[idx], n / batch
+            loss = 0.5 * scale * ((output(xb) - yb) ** 2).sum()
+            synchronize(device)
             seconds = time.perf_counter() - t0
             # Everything measured at step t is measured before the update of step t.
-            loss_value = float(loss.detach()) if batch == n else (full_loss() if logging else None)
+            if batch == n:
+                loss_value = float(mesh.sum_data(loss.detach().clone()))
+            else:
+                loss_value = full_loss() if logging else None
             if loss_value is not None:
-                loss0 = loss_value if loss0 is None else loss0
-                if target_step is None and loss_value <= tc.target_ratio * loss0:
-                    target_step = t
+                state.loss0 = loss_value if state.loss0 is None else state.loss0
+                if state.target_step is None and loss_value <= tc.target_ratio * state.loss0:
+                    state.target_step = t
                 if logging:
                     row["loss"] = loss_value
             if tc.ntk_every and t % tc.ntk_every == 0 or t in (0, tc.steps):
-                row.update(diag.gram(net))
-                row.update(diag.weights(net))
+                with engine.gathered():
+                    row.update(diag.gram(net))
+                    row.update(diag.weights(net))
                 row.update(test_metrics())
             if not last:
                 t0 = time.perf_counter()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                _sync(device)
-                step_seconds.append(seconds + time.perf_counter() - t0)
+                engine.backward(loss)
+                engine.step()
+                synchronize(device)
+                state.step_seconds.append(seconds + time.perf_counter() - t0)
                 if logging:
-                    sec = step_seconds[-1]
+                    sec = state.step_seconds[-1]
                     row.update(step_seconds=sec, samples_per_s=batch / sec,
-                               gflops=cost.train_step_flops * batch / sec / 1e9)
-            if row:
+                               gflops=cost.train_step_flops * batch / sec / 1e9,
+                               worker_peak_rss_mb=_rss_mb(mesh)[0])
+            if row and tracker is not None:
                 tracker.log(row, step=t)
-            if logging:
-                bar.set_postfix(loss=f"{loss_value:.3e}" if loss_value is not None else "-",
-                                refresh=False)
+            if bar is not None:
+                bar.update(1)
+                if loss_value is not None:
+                    bar.set_postfix(loss=f"{loss_value:.3e}", refresh=False)
+            if not last and tc.checkpoint_every and (t + 1) % tc.checkpoint_every == 0:
+                checkpoint(t + 1, loss_value)
+        peak_mb, now_mb = _rss_mb(mesh)
+        final_test = test_metrics()
+        if tracker is None:
+            return {}
+        summary = finish_run(
+            cfg, out_dir, tracker, rows=state.rows, step_seconds=state.step_seconds,
+            target_step=state.target_step, diag=diag, net=net, n=n, d=data.d, eta=eta,
+            batch=batch,
+            final={"n_test": int(y_test.numel()), "device": str(device),
+                   **{f"final_{k}": v for k, v in final_test.items()},
+                   "worker_peak_rss_mb": peak_mb, "worker_end_rss_mb": now_mb},
+            extra={"workers": mesh.width * mesh.data, "width": mesh.width, "data": mesh.data,
+                   **engine.describe(), "restarts_from_checkpoint": state.restarts})
+        tracker = None
+        return summary
     except BaseException:
-        tracker.abort()
+        if tracker is not None:
+            tracker.abort()
         raise
-
-    return finish_run(cfg, out_dir, tracker, rows=rows, step_seconds=step_seconds,
-                      target_step=target_step, diag=diag, net=net, n=n, d=data.d, eta=eta,
-                      batch=batch, final={"n_test": int(y_test.numel()), "device": str(device),
-                                          **{f"final_{k}": v for k, v in test_metrics().items()}})
+    finally:
+        if bar is not None:
+            bar.close()

@@ -1,0 +1,115 @@
+"""Rules that span config sections, checked once, before any work or worker starts.
+
+Every job calls its check with the number of training points (which the sections alone do not
+know); a broken rule is one ConfigError naming the key, so `fntk` exits 2 with one line and
+nothing is started or written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import RunConfig
+from .errors import ConfigError
+
+
+def distributed(cfg: RunConfig) -> bool:
+    """Whether the job runs on Ray (dist.workers or dist.address set)."""
+    return cfg.dist.workers is not None or cfg.dist.address is not None
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    """How a training run is laid out: width x data ranks (1 x 1 in one process)."""
+
+    distributed: bool
+    width: int
+    data: int
+    batch: int  # points per step, all data ranks together
+
+    @property
+    def workers(self) -> int:
+        return self.width * self.data
+
+
+@dataclass(frozen=True)
+class GramPlan:
+    distributed: bool
+    workers: int  # width-shard actors (1 in one process)
+    tile: int  # rows per tile
+
+
+def _mesh(cfg: RunConfig) -> tuple[int, int]:
+    dc = cfg.dist
+    workers = dc.workers or 1
+    width = dc.width or (workers // dc.data if dc.data else 1)
+    data = dc.data or max(1, workers // width)
+    if width * data != workers:
+        raise ConfigError(f"dist: width * data = {width} * {data} = {width * data} must equal "
+                          f"dist.workers = {workers}")
+    if cfg.model.m % width:
+        raise ConfigError(f"dist.width: {width} does not divide model.m = {cfg.model.m}")
+    return width, data
+
+
+def batch_size(cfg: RunConfig, n: int) -> int:
+    """Points per step, all data ranks together: n for gd or an unset train.batch_size."""
+    tc = cfg.train
+    return n if tc.optimizer == "gd" or tc.batch_size is None else tc.batch_size
+
+
+def check_model(cfg: RunConfig, d: int) -> None:
+    """The net can be built for inputs of dimension d (e.g. an srht sketch needs k <= d
+    padded to a power of two). Builds one neuron only: cheap at any width."""
+    try:
+        cfg.model.build(d, neurons=(0, 1))
+    except ConfigError:
+        raise
+    except ValueError as err:  # the net's constructor names its argument
+        raise ConfigError(str(err) if str(err).startswith("model.") else f"model.{err}") from None
+
+
+def check_train(cfg: RunConfig, n: int, d: int) -> TrainPlan:
+    """The layout of `fntk train` for n training points of dimension d; ConfigError for a
+    broken rule."""
+    tc, ds = cfg.train, cfg.deepspeed
+    check_model(cfg, d)
+    if tc.lr is None and n > tc.gram_max_n:
+        raise ConfigError(f"train.lr: required when n={n} > train.gram_max_n={tc.gram_max_n} "
+                          "(the step size is otherwise read off the n x n Gram)")
+    if tc.batch_size is not None and tc.batch_size > n:
+        raise ConfigError(f"train.batch_size: {tc.batch_size} exceeds the {n} training points")
+    batch = batch_size(cfg, n)
+    if not distributed(cfg):
+        return TrainPlan(False, 1, 1, batch)
+    width, data = _mesh(cfg)
+    if batch < data:
+        raise ConfigError(f"dist.data: {data} data-parallel replicas need at least one point "
+                          f"each, but a step holds {batch}")
+    if ds.offload and ds.zero_stage == 0:
+        raise ConfigError("deepspeed.offload: needs deepspeed.zero_stage >= 1 (ZeRO offloads "
+                          "its partitioned optimizer state)")
+    if ds.zero_stage > 0 and cfg.model.dtype == "float64":
+        raise ConfigError(f"deepspeed.zero_stage: ZeRO stage {ds.zero_stage} keeps float32 "
+                          "master weights, so a float64 model would train in float32; use "
+                          "model.dtype float32, or deepspeed.zero_stage 0 for float64")
+    if ds.precision == "bf16" and tc.device == "cpu":
+        raise ConfigError("deepspeed.precision: bf16 needs GPUs; train.device is cpu")
+    if ds.precision == "bf16" and cfg.model.dtype != "float32":
+        raise ConfigError("deepspeed.precision: bf16 mixed precision keeps float32 master "
+                          f"weights; set model.dtype float32 (it is {cfg.model.dtype})")
+    return TrainPlan(True, width, data, batch)
+
+
+def check_gram(cfg: RunConfig, n: int, d: int) -> GramPlan:
+    """The layout of `fntk gram` for n points of dimension d; ConfigError for a broken rule."""
+    check_model(cfg, d)
+    workers = cfg.dist.workers or 1
+    if workers > cfg.model.m:
+        raise ConfigError(f"dist.workers: {workers} workers but only m={cfg.model.m} neurons "
+                          "to shard")
+    tile = cfg.gram.tile or min(n, 1024)
+    if tile > n:
+        raise ConfigError(f"gram.tile: {tile} rows per tile exceeds the n={n} points; tiles "
+                          "must partition the rows")
+    return GramPlan(distributed(cfg), workers, tile)

@@ -1,0 +1,57 @@
+"""`fntk train`: check the whole run, then train in this process or on Ray Train workers.
+
+Every rule is checked here, on the driver, before any worker starts or any file is written:
+the data itself, the config's cross-section rules (fntk_dist.checks, which need the data's n
+and d), the cluster (reachable, with the GPUs asked for), and whether the run folder may be
+used (`--resume` needs a checkpoint there; a started run is not overwritten without it).
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+from ..atomic import write_text
+from ..checks import check_train
+from ..config import RunConfig, dump_config
+from ..data import load_dataset
+from ..errors import ConfigError
+from ..runtime import resolve_device
+from .loop import train_loop
+from .parts import FolderCheckpointer, LocalMesh, TorchEngine
+
+
+def _prepare_folder(out_dir: Path, cfg: RunConfig, resume: bool, has_checkpoint: bool) -> str:
+    """Checks and starts the run folder; returns the run's W&B id (kept across resumes)."""
+    if resume and not has_checkpoint:
+        raise ConfigError(f"--resume: {out_dir} holds no checkpoint to resume from")
+    if not resume and has_checkpoint:
+        raise ConfigError(f"--out: {out_dir} holds a started run; pass --resume to continue it "
+                          "or choose another folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_text(out_dir / "config.yaml", dump_config(cfg))
+    id_file = out_dir / "wandb_run_id"
+    if not id_file.exists():
+        write_text(id_file, secrets.token_hex(8))
+    return id_file.read_text().strip()
+
+
+def run_train_job(cfg: RunConfig, out_dir: Path, resume: bool = False,
+                  progress: bool = True) -> dict:
+    """Train cfg's net on cfg's data; writes the run folder and returns the summary."""
+    data = load_dataset(cfg.data)
+    plan = check_train(cfg, data.n, data.d)
+    out_dir = Path(out_dir).resolve()
+    if plan.distributed:
+        from ..distributed import train_job as ray_job
+
+        cluster = ray_job.connect_for_training(cfg, plan)
+        run_id = _prepare_folder(out_dir, cfg, resume, ray_job.has_checkpoint(out_dir))
+        return ray_job.run_train_distributed(cfg, out_dir, plan, cluster, run_id, progress)
+    device = resolve_device(cfg.train.device, "train.device")
+    checkpointer = FolderCheckpointer(out_dir)
+    with checkpointer.latest() as latest:
+        run_id = _prepare_folder(out_dir, cfg, resume, latest is not None)
+    return train_loop(cfg, out_dir, data, mesh=LocalMesh(), device=device,
+                      make_engine=lambda net, eta, _rows: TorchEngine(net, cfg.train, eta),
+                      checkpointer=checkpointer, run_id=run_id, progress=progress)
