@@ -1,4 +1,5 @@
-"""Tile store: round trip, resume, refusal of foreign folders and configs, corruption recovery."""
+"""Tile store: round trip, resume, refusal of foreign folders and configs, corruption recovery,
+the append-only manifest journal."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fntk_dist.dist.tile_store import TileStore, TileStoreError, iter_tiles, load_gram
+from fntk_dist.gram.tile_store import JOURNAL, TileStore, TileStoreError, iter_tiles, load_gram
 
 N, TILE = 23, 5  # grid of 5 blocks, the last 3 rows
 
@@ -37,6 +38,7 @@ def full(tmp_path):
     h = sym(N)
     store = new(tmp_path / "g", meta={"who": "test"})
     fill(store, h)
+    store.compact()  # every tile in manifest.json, as a finished job leaves it
     return store, h
 
 
@@ -191,3 +193,84 @@ def test_round_trip_property(n, tile, seed):
         fill(store, h)
         assert store.complete()
         np.testing.assert_array_equal(load_gram(d), h)
+
+
+def journal_lines(store: TileStore) -> list[str]:
+    return (store.path / JOURNAL).read_text().splitlines()
+
+
+def test_a_write_appends_one_journal_line_and_compaction_folds_them(tmp_path):
+    h = sym(N)
+    store = new(tmp_path)
+    manifest = (tmp_path / "manifest.json").read_text()
+    for k, (i, j) in enumerate(store.all_tiles()[:4], 1):
+        (r0, r1), (c0, c1) = store.bounds(i), store.bounds(j)
+        store.write(i, j, h[r0:r1, c0:c1], seconds=0.5, flops=100)
+        assert len(journal_lines(store)) == k  # O(1) per tile: manifest.json is not rewritten
+        assert (tmp_path / "manifest.json").read_text() == manifest
+    assert json.loads(journal_lines(store)[0])["key"] == "0_0"
+    assert TileStore.open(tmp_path).listed() == store.all_tiles()[:4]
+    store.compact()
+    assert not (tmp_path / JOURNAL).exists()
+    m = json.loads((tmp_path / "manifest.json").read_text())
+    assert list(m["tiles"]) == ["0_0", "0_1", "0_2", "0_3"]
+    assert m["tiles"]["0_1"]["seconds"] == 0.5 and m["tiles"]["0_1"]["flops"] == 100
+    assert TileStore.open(tmp_path).work() == (4, 2.0, 400)
+
+
+def test_resume_after_appends_reads_the_journal_and_compacts_it(tmp_path):
+    h = sym(N)
+    store = new(tmp_path)
+    for i, j in store.all_tiles()[:6]:  # a job killed after 6 tiles: all in the journal
+        (r0, r1), (c0, c1) = store.bounds(i), store.bounds(j)
+        store.write(i, j, h[r0:r1, c0:c1], seconds=1.0, flops=7)
+    again = new(tmp_path)
+    assert again.missing() == store.all_tiles()[6:]
+    assert not (tmp_path / JOURNAL).exists()  # verify folded it into manifest.json
+    assert len(json.loads((tmp_path / "manifest.json").read_text())["tiles"]) == 6
+    for i, j in again.missing():
+        (r0, r1), (c0, c1) = again.bounds(i), again.bounds(j)
+        again.write(i, j, h[r0:r1, c0:c1])
+    assert TileStore.open(tmp_path).complete()  # the manifest plus the new journal
+    np.testing.assert_array_equal(load_gram(tmp_path), h)
+    assert again.work() == (6, 6.0, 42)  # the later tiles were written without a cost
+
+
+def test_torn_last_journal_line_is_ignored(tmp_path):
+    h = sym(N)
+    store = new(tmp_path)
+    fill(store, h)
+    journal = tmp_path / JOURNAL
+    lines = journal.read_bytes().splitlines(keepends=True)
+    journal.write_bytes(b"".join(lines[:-1]) + lines[-1][:25])  # killed mid-append of 4_4
+    reader = TileStore.open(tmp_path)
+    assert reader.listed() == store.all_tiles()[:-1] and not reader.complete()
+    # Its tile file is whole, so resuming adopts it: nothing is lost but its cost.
+    reopened = new(tmp_path)
+    assert reopened.missing() == [] and not journal.exists()
+    np.testing.assert_array_equal(reopened.assemble(), h)
+
+
+def test_garbled_journal_lines_lose_only_their_tiles(tmp_path):
+    h = sym(N)
+    store = new(tmp_path)
+    fill(store, h)
+    journal = tmp_path / JOURNAL
+    lines = journal.read_text().splitlines(keepends=True)
+    lines[2] = "{garbled\n"
+    lines[3] = "[1, 2]\n"
+    journal.write_text("".join(lines))
+    (tmp_path / "tiles" / "t_0_2.arrow").unlink()  # listed by no line: gone for good
+    reopened = new(tmp_path)
+    assert reopened.missing() == [(0, 2)]  # 0_3 is adopted from its file
+
+
+def test_a_crash_between_compaction_and_journal_removal_replays_alike(tmp_path):
+    h = sym(N)
+    store = new(tmp_path)
+    fill(store, h)
+    kept = (tmp_path / JOURNAL).read_bytes()
+    store.compact()
+    (tmp_path / JOURNAL).write_bytes(kept)  # the journal outlived its compaction
+    assert TileStore.open(tmp_path).listed() == store.all_tiles()
+    np.testing.assert_array_equal(new(tmp_path).assemble(), h)

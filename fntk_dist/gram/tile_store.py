@@ -1,7 +1,10 @@
 """On-disk store of the tiles of a symmetric n x n Gram matrix, so a killed job can resume.
 
 Only the tiles (I, J) with J >= I are stored; block I holds rows [I*tile, min((I+1)*tile, n)).
-Every file is written through `atomic_path`, so a crash leaves whole files or stray temporaries.
+Every tile file is written through `atomic_path`, so a crash leaves whole files or stray
+temporaries. manifest.json holds the store's identity and the tiles listed at its last
+compaction; each tile written since is one line of the journal manifest.jsonl (O(1) per tile).
+Opening reads both; verifying a store, and `compact`, fold the journal into manifest.json.
 """
 
 from __future__ import annotations
@@ -18,11 +21,14 @@ import pyarrow.ipc as ipc
 
 from ..atomic import atomic_path, write_json
 from ..errors import UserError
+from . import journal
 
 FORMAT = 1
 DTYPES = ("float64", "float32")
 _TILE_NAME = re.compile(r"t_(\d+)_(\d+)\.arrow")
 _KEY = re.compile(r"(\d+)_(\d+)")
+JOURNAL = "manifest.jsonl"
+_CHECKED = ("file", "rows", "cols", "sha256", "bytes")  # what a tile file must match
 
 
 class TileStoreError(UserError):
@@ -104,7 +110,7 @@ class TileStore:
         manifest = {"format": FORMAT, "config_hash": config_hash, "n": n, "tile": tile,
                     "dtype": dtype, "meta": dict(meta or {}), "tiles": {}}
         store = cls(path, manifest)
-        store._save()
+        store.compact()
         return store
 
     @classmethod
@@ -123,6 +129,10 @@ class TileStore:
               and isinstance(m.get("meta"), dict) and isinstance(m.get("tiles"), dict))
         if not ok:
             raise TileStoreError(f"{path}: garbled manifest.json (not a format-{FORMAT} store)")
+        for rec in journal.replay(path / JOURNAL):  # verify() judges what the entries say
+            key = rec.pop("key", None)
+            if isinstance(key, str):
+                m["tiles"][key] = rec
         return cls(path, m)
 
     def grid(self) -> int:
@@ -147,17 +157,24 @@ class TileStore:
     def _rel(self, i: int, j: int) -> str:
         return f"tiles/t_{i}_{j}.arrow"
 
-    def _save(self) -> None:
+    def compact(self) -> None:
+        """Folds the journal into manifest.json: the manifest first (atomically), then the
+        journal goes; a crash in between leaves entries in both, which replay alike."""
         order = sorted(self._tiles, key=_order)
         write_json(self.path / "manifest.json", {
             "format": FORMAT, "config_hash": self.config_hash, "n": self.n, "tile": self.tile,
             "dtype": self.dtype, "meta": self.meta, "tiles": {k: self._tiles[k] for k in order},
         })
+        (self.path / JOURNAL).unlink(missing_ok=True)
 
     def _entry(self, i: int, j: int, data: bytes) -> dict:
         (r0, r1), (c0, c1) = self.bounds(i), self.bounds(j)
         return {"file": self._rel(i, j), "rows": [r0, r1], "cols": [c0, c1],
                 "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+
+    def _matches(self, i: int, j: int, data: bytes, entry: dict) -> bool:
+        return (isinstance(entry, dict)
+                and {k: entry.get(k) for k in _CHECKED} == self._entry(i, j, data))
 
     def verify(self) -> tuple[set[tuple[int, int]], list[tuple[int, int]]]:
         """(done, corrupt); drops bad tiles, adopts valid unlisted files, deletes the rest."""
@@ -171,7 +188,7 @@ class TileStore:
             if ij in valid and isinstance(entry, dict) and entry.get("file") == self._rel(*ij):
                 f = self.path / entry["file"]
                 data = f.read_bytes() if f.is_file() else None
-                if data is not None and self._entry(*ij, data) == entry:
+                if data is not None and self._matches(*ij, data, entry):
                     done.add(ij)
                     continue
                 f.unlink(missing_ok=True)
@@ -186,7 +203,7 @@ class TileStore:
             ij = (int(m[1]), int(m[2])) if m else None
             if ij in done:
                 continue
-            # A driver killed between the tile rename and the manifest update leaves such files.
+            # A driver killed between the tile rename and its journal line leaves such files.
             if ij in valid and f.name == Path(self._rel(*ij)).name:
                 data = f.read_bytes()
                 try:
@@ -200,8 +217,8 @@ class TileStore:
                     changed = True
                     continue
             f.unlink()
-        if changed:
-            self._save()
+        if changed or (self.path / JOURNAL).exists():
+            self.compact()
         self._checked |= {f"{i}_{j}" for i, j in done}  # hashed above: mat-vecs need not again
         return done, sorted(corrupt)
 
@@ -214,13 +231,28 @@ class TileStore:
         """Whether the manifest lists every tile (checksums are checked on read)."""
         return all(f"{i}_{j}" in self._tiles for i, j in self.all_tiles())
 
+    def listed(self) -> list[tuple[int, int]]:
+        """Tiles the manifest and its journal list, row-major (checksums not checked)."""
+        return [t for t in self.all_tiles() if f"{t[0]}_{t[1]}" in self._tiles]
+
+    def work(self) -> tuple[int, float, int]:
+        """(tiles, seconds, flops) recorded by the jobs that computed the listed tiles: what the
+        whole store cost, over every run that wrote it. Adopted tiles carry no record."""
+        costs = [(e.get("seconds"), e.get("flops")) for e in self._tiles.values()
+                 if isinstance(e, dict)]
+        costs = [(s, f) for s, f in costs
+                 if isinstance(s, int | float) and isinstance(f, int) and s >= 0 and f >= 0]
+        return len(costs), float(sum(s for s, _ in costs)), sum(f for _, f in costs)
+
     def disk_bytes(self) -> int:
         """Total bytes of the stored tile files."""
         files = (self.path / e["file"] for e in self._tiles.values())
         return sum(f.stat().st_size for f in files if f.is_file())
 
-    def write(self, i: int, j: int, block: np.ndarray) -> None:
-        """Stores tile (i, j), j >= i, in the store dtype: the file first, then the manifest."""
+    def write(self, i: int, j: int, block: np.ndarray, seconds: float | None = None,
+              flops: int | None = None) -> None:
+        """Stores tile (i, j), j >= i, in the store dtype: the file first, then its journal
+        line. seconds and flops: what computing it cost (see `work`)."""
         if j < i:
             raise TileStoreError(f"{self.path}: tile ({i}, {j}) below the diagonal; store (j, i)")
         shape = self._shape(i, j)
@@ -230,9 +262,12 @@ class TileStore:
         data = _encode(np.ascontiguousarray(block, dtype=self.dtype))
         with atomic_path(self.path / self._rel(i, j)) as tmp:
             tmp.write_bytes(data)
-        self._tiles[f"{i}_{j}"] = self._entry(i, j, data)
+        entry = self._entry(i, j, data)
+        if seconds is not None and flops is not None:
+            entry |= {"seconds": float(seconds), "flops": int(flops)}
+        journal.append(self.path / JOURNAL, {"key": f"{i}_{j}", **entry})
+        self._tiles[f"{i}_{j}"] = entry
         self._checked.add(f"{i}_{j}")
-        self._save()
 
     def _checked_bytes(self, i: int, j: int) -> bytes:
         f = self.path / self._rel(i, j)
@@ -240,7 +275,7 @@ class TileStore:
         if entry is None or not f.is_file():
             raise TileStoreError(f"{self.path}: tile file {f.name} is not stored")
         data = f.read_bytes()
-        if self._entry(i, j, data) != entry:
+        if not self._matches(i, j, data, entry):
             raise TileStoreError(f"{self.path}: tile file {f.name} fails its checksum")
         self._checked.add(f"{i}_{j}")
         return data
@@ -262,9 +297,8 @@ class TileStore:
 
     def iter_tiles(self) -> Iterator[tuple[int, int, np.ndarray]]:
         """(i, j, tile) for each stored tile, row-major, each read once."""
-        for i, j in self.all_tiles():
-            if f"{i}_{j}" in self._tiles:
-                yield i, j, self.read(i, j)
+        for i, j in self.listed():
+            yield i, j, self.read(i, j)
 
     def _require_complete(self) -> None:
         total = self.all_tiles()
