@@ -10,7 +10,7 @@
 #            FNTK_WORKING_DIR: the job runs in the uploaded copy of that folder)
 #   OUT_DIR  the run folder; a path every node sees (shared filesystem): rank 0 writes the
 #            run's files there and every rank writes its checkpoint shards
-#   extra arguments go to `fntk train`, e.g. --resume, or dist.zero_stage=2
+#   extra arguments go to `fntk train`, e.g. --resume, or deepspeed.zero_stage=2
 #
 # Environment:
 #   RAY_DASHBOARD        the Jobs server, http://HEAD:8265 (required; `ray dashboard

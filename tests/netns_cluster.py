@@ -58,7 +58,7 @@ _BIN = Path(sys.executable).parent
 _TERM_GRACE_S = 5.0
 
 # Inherited from the calling process, these would point nodes or drivers elsewhere:
-# fntk_dist.dist.cluster.connect() sets RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 for embedded
+# fntk_dist.distributed.cluster.connect() sets RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 for embedded
 # clusters, which makes `ray start --address` refuse to join; RAY_AUTH_TOKEN would win over
 # RAY_AUTH_TOKEN_PATH in Ray's token loader.
 _DROPPED_ENV = ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH",

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import torch
 
-from fntk_dist.config import build_config
+from fntk_dist.config import build_config, load_config
 from fntk_dist.train.diagnostics import fitted_rate
 from fntk_dist.train.job import run_train_job
 
@@ -69,8 +71,8 @@ def test_large_n_needs_an_explicit_step(tmp_path):
 
     with pytest.raises(ConfigError, match="train.lr"):
         run_train_job(cfg(train={"gram_max_n": 16}), tmp_path / "run", progress=False)
-    s = run_train_job(cfg(train={"gram_max_n": 16, "lr": 0.3, "steps": 20}), tmp_path / "run2",
-              progress=False)
+    s = run_train_job(cfg(train={"gram_max_n": 16, "lr": 0.3, "steps": 20}),
+                      tmp_path / "run2", progress=False)
     assert s["lambda_min_0"] is None and s["final_loss"] < s["initial_loss"]
 
 
@@ -85,3 +87,17 @@ def test_same_config_same_curve(tmp_path):
     b = run_train_job(cfg(train={"steps": 20}), tmp_path / "b", progress=False)
     assert a["final_loss"] == b["final_loss"]
     torch.testing.assert_close(a["lambda_min_0"], b["lambda_min_0"])
+
+
+def test_quickstart_follows_its_golden_curve(tmp_path):
+    """The quickstart's loss, step by step, as the trainer computed it before it became one
+    loop for one process and a mesh (tests/assets/golden_curves.json, 401 steps)."""
+    assets = Path(__file__).parent / "assets"
+    golden = json.loads((assets / "golden_curves.json").read_text())["quickstart"]
+    steps = 60  # a prefix: gradient descent's curve does not depend on where it stops
+    config = load_config(Path(__file__).parents[1] / "configs" / "quickstart.yaml",
+                         [f"train.steps={steps}", "tracking.wandb=false"])
+    run_train_job(config, tmp_path / "qs", progress=False)
+    got = [v for v in pq.read_table(tmp_path / "qs" / "metrics.parquet").column("loss")
+           .to_pylist() if v is not None]
+    assert got == golden[: steps + 1]

@@ -3,7 +3,7 @@
     python tools/bench_dist_train.py [--m 131072 --d 256 --n 2048 --steps 4]
 
 Three runs of the same float32 dense net, full batch, Adam (so ZeRO has optimizer state to
-partition), each through run_train_distributed (Ray Train + DeepSpeed, gloo):
+partition), each through `fntk train --workers` (run_train_job: Ray Train + DeepSpeed, gloo):
   1 worker, ZeRO 0 | 2 data-parallel workers, ZeRO 0 | 2 data-parallel workers, ZeRO 3 + offload.
 It prints seconds per step (the mean over steps, start-up excluded), samples/s, GFLOP/s and
 the resident memory of the largest worker (its peak, which includes building the whole net
@@ -19,13 +19,14 @@ import tempfile
 from pathlib import Path
 
 from fntk_dist.config import build_config
-from fntk_dist.dist.cluster import connect
-from fntk_dist.dist.train_job import run_train_distributed
+from fntk_dist.distributed.cluster import connect
+from fntk_dist.train.job import run_train_job
 
-RUNS = {
-    "1 worker, ZeRO 0": {"workers": 1, "data": 1, "zero_stage": 0},
-    "2 workers, ZeRO 0": {"workers": 2, "data": 2, "zero_stage": 0},
-    "2 workers, ZeRO 3 + offload": {"workers": 2, "data": 2, "zero_stage": 3, "offload": True},
+RUNS = {  # (dist, deepspeed) settings
+    "1 worker, ZeRO 0": ({"workers": 1, "data": 1}, {"zero_stage": 0}),
+    "2 workers, ZeRO 0": ({"workers": 2, "data": 2}, {"zero_stage": 0}),
+    "2 workers, ZeRO 3 + offload": ({"workers": 2, "data": 2},
+                                    {"zero_stage": 3, "offload": True}),
 }
 
 
@@ -38,17 +39,18 @@ def main() -> None:
     args = ap.parse_args()
     connect(None, min_cpus=2)
     out = {}
-    for name, dist in RUNS.items():
+    for name, (dist, deepspeed) in RUNS.items():
         cfg = build_config({
             "model": {"mode": "dense", "m": args.m, "dtype": "float32"},
             "data": {"source": "sphere", "n": args.n, "d": args.d},
             "train": {"steps": args.steps, "optimizer": "adam", "lr": 1e-3, "ntk_every": 0,
                       "gram_max_n": 1},
             "dist": dist,
+            "deepspeed": deepspeed,
             "tracking": {"wandb": False},
         }, source="bench")
         with tempfile.TemporaryDirectory() as tmp:
-            out[name] = run_train_distributed(cfg, Path(tmp) / "run", progress=False)
+            out[name] = run_train_job(cfg, Path(tmp) / "run", progress=False)
     params = args.m * args.d
     print(f"dense m={args.m} d={args.d} n={args.n} float32 Adam, full batch, {args.steps} steps; "
           f"{params / 1e6:.1f} M parameters = {4 * params / 2**20:.0f} MiB, Adam state twice that")
