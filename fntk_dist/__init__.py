@@ -2,6 +2,7 @@
 
 from .models import NetCost, TwoLayerNet
 from .ntk import (
+    GramMethod,
     Spectrum,
     analytic_ntk,
     autograd_ntk,
@@ -15,6 +16,6 @@ from .ntk import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "NetCost", "Spectrum", "TwoLayerNet", "analytic_ntk", "autograd_ntk", "empirical_ntk",
-    "ntk_matvec", "spectrum", "spectrum_from_matmat", "spectrum_from_matvec",
+    "GramMethod", "NetCost", "Spectrum", "TwoLayerNet", "analytic_ntk", "autograd_ntk",
+    "empirical_ntk", "ntk_matvec", "spectrum", "spectrum_from_matmat", "spectrum_from_matvec",
 ]

@@ -23,19 +23,20 @@ _spec = importlib.util.spec_from_file_location("make_golden", ASSETS / "make_gol
 golden = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(golden)
 
-# Where each tensor of the old flat layout lives now: old state_dict / parameter name -> new.
+# Where each tensor of the two-layer layout lives in the layer stack: old state_dict / parameter
+# name -> new (the first layer is layers.0, the readout stays a).
 _MOVED = {
     "a": "a",
-    "W": "W",
-    "U": "U",
-    "V": "V",
-    "in_sketch.matrix": "in_sketch.matrix",
-    "in_sketch.signs": "in_sketch.signs",
-    "in_sketch.rows": "in_sketch.rows",
-    "in_sketch.bucket": "in_sketch.bucket",
-    "out_sketch.matrix": "out_sketch.matrix",
-    "out_sketch.signs": "out_sketch.signs",
-    "out_sketch.bucket": "out_sketch.bucket",
+    "W": "layers.0.W",
+    "U": "layers.0.U",
+    "V": "layers.0.V",
+    "in_sketch.matrix": "layers.0.in_sketch.matrix",
+    "in_sketch.signs": "layers.0.in_sketch.signs",
+    "in_sketch.rows": "layers.0.in_sketch.rows",
+    "in_sketch.bucket": "layers.0.in_sketch.bucket",
+    "out_sketch.matrix": "layers.0.out_sketch.matrix",
+    "out_sketch.signs": "layers.0.out_sketch.signs",
+    "out_sketch.bucket": "layers.0.out_sketch.bucket",
 }
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import net_grid
 
-from fntk_dist import TwoLayerNet
+from fntk_dist import TwoLayerNet, empirical_ntk, ntk_matvec
 from fntk_dist.models import InputSketch, OutputSketch, fwht
 from fntk_dist.ntk import finish_gram, gram_partial
 
@@ -35,7 +35,7 @@ def test_neuron_slices_rebuild_the_whole_net(mode, sketch):
     shards = [_net(mode, sketch, neurons=(lo, hi)) for lo, hi in zip(cuts, cuts[1:])]
     def raw_rows(net):  # the generated per-neuron tensor: bit-identical in any slicing
         if mode == "sketch_out":
-            return net.out_sketch.rows(0, net.m_local)
+            return net.layer.out_sketch.rows(0, net.m_local)
         return net.W if mode == "dense" else net.U
 
     assert torch.equal(torch.cat([raw_rows(s) for s in shards]), raw_rows(whole))
@@ -112,12 +112,16 @@ def test_bad_arguments_name_themselves(kwargs, key):
     (torch.tensor([[1.0, float("nan"), 0, 0]]), "X: contains NaN or Inf"),
     (torch.tensor([[1.0, 0, 0, 0], [0, float("inf"), 0, 0]]), r"row 1"),
     (torch.zeros(0, 4), r"n >= 1"),
+    (torch.zeros(2, 4, dtype=torch.int64), "X: expected a floating-point tensor"),
 ])
 def test_bad_inputs_name_x(x, msg):
-    from fntk_dist import empirical_ntk, ntk_matvec
-
     net = TwoLayerNet(4, 8)
-    for call in (lambda: net(x), lambda: empirical_ntk(net, x),
-                 lambda: ntk_matvec(net, x, torch.ones(x.shape[0]))):
+    for call in (lambda: empirical_ntk(net, x), lambda: ntk_matvec(net, x, torch.ones(x.shape[0])),
+                 lambda: gram_partial(net, x)):
         with pytest.raises(ValueError, match=msg):
             call()
+    if "NaN" in msg or "row" in msg:  # forward checks shapes only: it never reads values
+        assert not torch.isfinite(net(x)).all()
+    else:
+        with pytest.raises(ValueError, match=msg):
+            net(x)

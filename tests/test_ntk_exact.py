@@ -50,13 +50,18 @@ def test_gram_matches_autograd(mode, sketch, train_output, n, n2, d, m, k, block
 
 
 def test_trained_parameters_are_exactly_the_modes():
-    want = {"dense": {"W"}, "sketch_in": {"U"}, "sketch_out": {"V"}, "lowrank": {"U", "V"}}
+    want = {"dense": ("W",), "sketch_in": ("U",), "sketch_out": ("V",), "lowrank": ("U", "V")}
     for mode, sketch in net_grid():
         for to in (False, True):
             net = _net(mode, sketch, 8, 16, 4, to)
             names = {n for n, p in net.named_parameters() if p.requires_grad}
-            assert names == want[mode] | ({"a"} if to else set())
-            assert set(net.trained) == names
+            first = {f"layers.0.{g}" for g in want[mode]}
+            assert names == first | ({"a"} if to else set())
+            assert net.trained == want[mode] + (("a",) if to else ())
+            keys = tuple(g.key for g in net.groups)
+            assert keys == tuple(("layer0", g) for g in want[mode]) + ((("readout", "a"),)
+                                                                      if to else ())
+            assert all(net.parameter(g).requires_grad for g in net.groups)
 
 
 def test_float32_gram_close_to_float64():

@@ -1,12 +1,15 @@
-"""ModelConfig: the typed settings of a TwoLayerNet, validated as the net itself validates."""
+"""ModelConfig: the typed settings of a TwoLayerNet, checked by the very checks the net runs."""
 
 from __future__ import annotations
 
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from ..errors import ConfigError
+from .layer import check_layer_args
 from .net import TwoLayerNet
 
 
@@ -23,35 +26,36 @@ class ModelConfig(BaseModel):
     seed: int = 0
     dtype: Literal["float32", "float64"] = "float64"
 
-    @field_validator("k")
-    @classmethod
-    def _rank(cls, k: int | None, info: ValidationInfo) -> int | None:
-        mode, m = info.data.get("mode"), info.data.get("m")
-        if mode == "dense" and k is not None:
-            raise ValueError("mode 'dense' has no rank; leave k unset")
-        if mode not in (None, "dense") and k is None:
-            raise ValueError(f"mode {mode!r} needs a rank k (1 <= k <= m)")
-        if k is not None and m is not None and k > m:
-            raise ValueError(f"must be <= m={m}, got {k}")
-        return k
+    @model_validator(mode="after")
+    def _as_the_layer_checks(self) -> ModelConfig:
+        """Run the layer's own argument checks (those that need no input dimension) when the
+        config is read, and report the failing argument as this section's key.
 
-    @field_validator("sketch")
-    @classmethod
-    def _sketch(cls, sketch: str | None, info: ValidationInfo) -> str | None:
-        mode = info.data.get("mode")
-        if sketch is not None and mode in ("dense", "lowrank"):
-            raise ValueError(f"mode {mode!r} has no fixed factor; sketch applies to sketch_in "
-                             "and sketch_out")
-        return sketch
+        A section left entirely to its defaults is checked when the net is built instead: the
+        default mode needs a rank, and a config that has not set up its model yet should report
+        its other mistakes first.
+        """
+        if not self.model_fields_set:
+            return self
+        try:
+            check_layer_args(self.m, self.mode, self.k, self.sketch)
+        except ValueError as err:
+            key, _, msg = str(err).partition(": ")
+            error = PydanticCustomError("value_error", "{msg}", {"msg": msg})
+            raise ValidationError.from_exception_data(
+                type(self).__name__,
+                [InitErrorDetails(type=error, loc=(key,), input=getattr(self, key, None))],
+            ) from None
+        return self
 
     def build(
         self, d: int, device: torch.device | str | None = None,
         neurons: tuple[int, int] | None = None,
     ) -> TwoLayerNet:
-        """The net for inputs of dimension d; bad values raise ValueError('model.KEY: ...')."""
+        """The net for inputs of dimension d; bad values raise ConfigError('model.KEY: ...')."""
         try:
             return TwoLayerNet(d=d, m=self.m, mode=self.mode, k=self.k, sketch=self.sketch,
                                train_output=self.train_output, seed=self.seed, dtype=self.dtype,
                                device=device, neurons=neurons)
         except ValueError as err:  # the net names its argument first: "k: ..." -> "model.k: ..."
-            raise ValueError(f"model.{err}") from None
+            raise ConfigError(f"model.{err}") from None

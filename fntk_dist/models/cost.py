@@ -1,13 +1,17 @@
-"""Per-point cost of a TwoLayerNet: trainable parameters and floating-point operations.
+"""Cost model: trainable parameters and floating-point operations, per layer and per Gram tile.
 
 FLOPs count a multiply-add as 2. The training step is the neuron-blocked one of
 fntk_dist.train.blocked: a forward pass, then a backward pass that recomputes pre-activations.
+A network's cost is the sum of its layers' and its readout's, so a deeper stack adds terms
+instead of changing a formula.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+
+from .groups import Role
 
 
 @dataclass(frozen=True)
@@ -18,6 +22,11 @@ class NetCost:
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
+
+    def __add__(self, other: NetCost) -> NetCost:
+        return NetCost(self.trainable_params + other.trainable_params,
+                       self.forward_flops + other.forward_flops,
+                       self.train_step_flops + other.train_step_flops)
 
 
 def _features_flops(mode: str, sketch: str | None, d: int, k: int | None) -> int:
@@ -42,14 +51,12 @@ def _preact_flops(mode: str, sketch: str | None, m: int, d: int, k: int | None) 
     return 2 * m * k
 
 
-def net_cost(
-    mode: str, sketch: str | None, m: int, d: int, k: int | None, train_output: bool
-) -> NetCost:
-    """Parameters and per-point FLOPs of the whole net (all m neurons)."""
+def layer_cost(mode: str, sketch: str | None, m: int, d: int, k: int | None) -> NetCost:
+    """One linear map d -> m (all m neurons): its trained parameters, its pre-activations
+    forward, and backward the recomputed pre-activations plus each trained factor's gradient."""
     pre = _preact_flops(mode, sketch, m, d, k)
-    forward = _features_flops(mode, sketch, d, k) + pre + 3 * m
-    backward = pre + m  # recomputed pre-activations, then the masked residual
-    params = m if train_output else 0
+    forward = _features_flops(mode, sketch, d, k) + pre
+    backward, params = pre, 0
     if mode == "dense":
         params += m * d
         backward += 2 * m * d
@@ -59,6 +66,25 @@ def net_cost(
     if mode in ("sketch_out", "lowrank"):
         params += k * d
         backward += pre + 2 * k * d  # G = (S o e) diag(a) U, then G^T X
-    if train_output:
-        backward += 2 * m
     return NetCost(params, forward, forward + backward)
+
+
+def readout_cost(m: int, trained: bool) -> NetCost:
+    """relu and the weighted sum over m neurons; backward the masked residual (and a's grad)."""
+    forward, backward = 3 * m, m + (2 * m if trained else 0)
+    return NetCost(m if trained else 0, forward, forward + backward)
+
+
+def net_cost(
+    mode: str, sketch: str | None, m: int, d: int, k: int | None, train_output: bool
+) -> NetCost:
+    """Parameters and per-point FLOPs of a whole two-layer net (all m neurons)."""
+    return layer_cost(mode, sketch, m, d, k) + readout_cost(m, train_output)
+
+
+def group_gram_flops(role: Role, rows: int, cols: int, m: int, k: int | None) -> int:
+    """FLOPs a trained group adds to a rows x cols Gram tile over all m neurons of its layer:
+    an n_I x n_J x m product for a per-neuron sum, two n x m x k products for G = Delta U."""
+    if role is Role.RANK:
+        return 2 * (rows + cols) * m * k
+    return 2 * rows * cols * m

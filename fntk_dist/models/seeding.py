@@ -1,9 +1,11 @@
 """Random tensors as pure functions of (seed, tensor name, block index).
 
-Per-neuron tensors are generated in fixed blocks of GEN_BLOCK rows, each from its own generator,
-so any worker can rebuild neurons [lo, hi) alone and get exactly the rows of the whole network,
-whatever the number of workers or the device. Generation always runs on the CPU in float64 (CUDA
-generators give other streams); the result is then cast and moved.
+A tensor's name says which layer it belongs to (see stream): layer 0 keeps the names of the
+two-layer network, so a depth-1 net draws exactly the numbers it always drew. Per-neuron
+tensors are generated in fixed blocks of GEN_BLOCK rows, each from its own generator, so any
+worker can rebuild neurons [lo, hi) alone and get exactly the rows of the whole network,
+whatever the number of workers or the device. Generation always runs on the CPU in float64
+(CUDA generators give other streams); the result is then cast and moved.
 """
 
 from __future__ import annotations
@@ -14,6 +16,16 @@ from collections.abc import Callable
 import torch
 
 GEN_BLOCK = 256  # rows per generator block: part of the network's identity, never change it
+
+
+def stream(layer: int, name: str) -> str:
+    """The name of tensor `name` (W, U, V, V.srht_sign, ...) of hidden layer `layer` (0-based).
+
+    Layer 0 keeps the bare name, which makes a depth-1 network bit-identical to the two-layer
+    network it generalises; deeper layers are prefixed ("layer1.U"), a name no layer 0 tensor
+    can have.
+    """
+    return name if layer == 0 else f"layer{layer}.{name}"
 
 
 def generator(seed: int, name: str, block: int = 0) -> torch.Generator:

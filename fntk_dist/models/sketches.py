@@ -36,13 +36,16 @@ def _pad(x: torch.Tensor, width: int) -> torch.Tensor:
 class InputSketch(nn.Module):
     """The fixed k x d factor V of sketch_in: Z = X V^T, with E[V^T V] = I_d."""
 
-    def __init__(self, kind: str, k: int, d: int, seed: int, dtype: torch.dtype) -> None:
+    def __init__(
+        self, kind: str, k: int, d: int, seed: int, dtype: torch.dtype, name: str = "V"
+    ) -> None:
+        """name: the tensor's stream name (seeding.stream), which its random parts derive from."""
         super().__init__()
         self.kind, self.k, self.d = kind, k, d
         if kind == "gaussian":
-            self.register_buffer("matrix", normal_rows(seed, "V", 0, k, d, std=k**-0.5).to(dtype))
+            self.register_buffer("matrix", normal_rows(seed, name, 0, k, d, std=k**-0.5).to(dtype))
         elif kind == "rademacher":
-            self.register_buffer("matrix", (sign_rows(seed, "V", 0, k, d) * k**-0.5).to(dtype))
+            self.register_buffer("matrix", (sign_rows(seed, name, 0, k, d) * k**-0.5).to(dtype))
         elif kind == "srht":
             self.d_pad = next_pow2(d)
             if k > self.d_pad:
@@ -50,11 +53,13 @@ class InputSketch(nn.Module):
                     f"k: srht samples k rows of a {self.d_pad}-point Hadamard transform "
                     f"(d={d} padded to a power of two), so k must be <= {self.d_pad}, got {k}"
                 )
-            self.register_buffer("signs", sign_rows(seed, "V.srht_sign", 0, self.d_pad).to(dtype))
-            self.register_buffer("rows", permutation(seed, "V.srht_rows", self.d_pad)[:k].clone())
+            signs = sign_rows(seed, f"{name}.srht_sign", 0, self.d_pad)
+            self.register_buffer("signs", signs.to(dtype))
+            rows = permutation(seed, f"{name}.srht_rows", self.d_pad)[:k].clone()
+            self.register_buffer("rows", rows)
         elif kind == "countsketch":
-            self.register_buffer("bucket", index_rows(seed, "V.bucket", 0, d, k))
-            self.register_buffer("signs", sign_rows(seed, "V.sign", 0, d).to(dtype))
+            self.register_buffer("bucket", index_rows(seed, f"{name}.bucket", 0, d, k))
+            self.register_buffer("signs", sign_rows(seed, f"{name}.sign", 0, d).to(dtype))
         else:
             raise ValueError(f"sketch: expected one of {SKETCHES}, got {kind!r}")
 
@@ -86,22 +91,28 @@ class OutputSketch(nn.Module):
     Methods take local neuron indices [i0, i1) within [lo, hi).
     """
 
-    def __init__(self, kind: str, k: int, lo: int, hi: int, seed: int, dtype: torch.dtype) -> None:
+    def __init__(
+        self, kind: str, k: int, lo: int, hi: int, seed: int, dtype: torch.dtype,
+        name: str = "U",
+    ) -> None:
+        """name: the tensor's stream name (seeding.stream), which its random parts derive from."""
         super().__init__()
         self.kind, self.k, self.lo, self.hi = kind, k, lo, hi
         if kind == "gaussian":
-            self.register_buffer("matrix", normal_rows(seed, "U", lo, hi, k).to(dtype))
+            self.register_buffer("matrix", normal_rows(seed, name, lo, hi, k).to(dtype))
         elif kind == "rademacher":
-            self.register_buffer("matrix", sign_rows(seed, "U", lo, hi, k).to(dtype))
+            self.register_buffer("matrix", sign_rows(seed, name, lo, hi, k).to(dtype))
         elif kind == "srht":
             self.k_pad = next_pow2(k)
             self.first_block = lo // self.k_pad
             last_block = (hi - 1) // self.k_pad
-            signs = sign_rows(seed, "U.srht_sign", self.first_block, last_block + 1, self.k_pad)
+            signs = sign_rows(seed, f"{name}.srht_sign", self.first_block, last_block + 1,
+                              self.k_pad)
             self.register_buffer("signs", signs.to(dtype))
         elif kind == "countsketch":
-            self.register_buffer("bucket", index_rows(seed, "U.bucket", lo, hi, k))
-            self.register_buffer("signs", (sign_rows(seed, "U.sign", lo, hi) * k**0.5).to(dtype))
+            self.register_buffer("bucket", index_rows(seed, f"{name}.bucket", lo, hi, k))
+            signs = sign_rows(seed, f"{name}.sign", lo, hi) * k**0.5
+            self.register_buffer("signs", signs.to(dtype))
         else:
             raise ValueError(f"sketch: expected one of {SKETCHES}, got {kind!r}")
 
@@ -136,6 +147,22 @@ class OutputSketch(nn.Module):
         return y @ self.matrix[i0:i1]
 
     def rows(self, i0: int, i1: int) -> torch.Tensor:
-        """U[i0:i1] as a dense (i1 - i0, k) matrix (diagnostics and tests only)."""
-        ref = self.matrix if self.kind in ("gaussian", "rademacher") else self.signs
-        return self.transpose(torch.eye(i1 - i0, dtype=ref.dtype, device=ref.device), i0, i1)
+        """U[i0:i1] as a dense (i1 - i0, k) matrix (the neurons' weights, for diagnostics).
+
+        Built from the sketch's own numbers, O((i1 - i0) k): the rows of a dense kind are
+        stored, an srht row r is H[j, :k] s_b (j = r's place in its Hadamard block b) and a
+        countsketch row is s_r at column h_r.
+        """
+        if self.kind in ("gaussian", "rademacher"):
+            return self.matrix[i0:i1]
+        if self.kind == "srht":
+            glob = torch.arange(self.lo + i0, self.lo + i1, device=self.signs.device)
+            j, col = (glob % self.k_pad)[:, None], torch.arange(self.k, device=glob.device)
+            parity = torch.zeros_like(j & col)
+            for bit in range(self.k_pad.bit_length() - 1):  # H[j, c] = (-1)^popcount(j & c)
+                parity ^= ((j & col) >> bit) & 1
+            signs = self.signs[glob // self.k_pad - self.first_block, : self.k]
+            return (1 - 2 * parity).to(signs.dtype) * signs
+        out = self.signs.new_zeros(i1 - i0, self.k)
+        out[torch.arange(i1 - i0, device=out.device), self.bucket[i0:i1]] = self.signs[i0:i1]
+        return out

@@ -1,29 +1,30 @@
-"""Argument checks shared by the models and the kernels: clear ValueErrors naming the argument."""
+"""Input checks shared by the models and the kernels: clear ValueErrors naming the argument.
+
+Two levels, because a network's forward must stay traceable: check_shape looks at the shape and
+dtype only (no data-dependent branch, so torch.func.vmap/jacrev and compilers see one graph),
+while the public entry points (Grams, mat-vecs) call prepare_inputs once per call, which also
+scans the values for NaN and Inf.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
-
-def as_dtype(dtype: torch.dtype | str) -> torch.dtype:
-    """torch.float32/float64, or their names."""
-    dt = _DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype
-    if dt not in (torch.float32, torch.float64):
-        raise ValueError(f"dtype: expected float32 or float64, got {dtype!r}")
-    return dt
-
-
-def check_inputs(x: object, d: int, name: str = "X") -> None:
-    """x must be a finite (n, d) tensor with n >= 1."""
+def check_shape(x: object, d: int, name: str = "X") -> None:
+    """x must be a floating-point (n, d) tensor with n >= 1 (its values are not read)."""
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 2 or x.shape[1] != d or x.shape[0] < 1:
         raise ValueError(f"{name}: expected shape (n, {d}) with n >= 1, got {tuple(x.shape)}")
     if not x.is_floating_point():
         raise ValueError(f"{name}: expected a floating-point tensor, got {x.dtype}")
+
+
+def check_inputs(x: object, d: int, name: str = "X") -> None:
+    """x must be a finite (n, d) tensor with n >= 1."""
+    check_shape(x, d, name)
     bad = ~torch.isfinite(x)
     if bad.any():
         row = int(bad.any(dim=1).nonzero()[0, 0])

@@ -1,25 +1,85 @@
-"""H v without forming H, from the net's factors (for Grams too large to store).
+"""H v without forming H, term by term, from the net's factors (for Grams too large to store).
 
-Per neuron block b with masks S_b and features F (X or Z):
-    W/U part: (1/m) rowsum(S_b o (F (F^T diag(v) S_b)))
-    a part:   (1/m) R_b (R_b^T v)
-    V part:   (1/m) rowsum((G (G^T diag(v) X)) o X), with G reduced over all blocks first.
+Per neuron block b of the last layer, with D_b = S_b diag(a_b) and features F (X or Z):
+    ROWS:    (1/m) rowsum(D_b o (F (F^T diag(v) D_b)))
+    READOUT: (1/m) R_b (R_b^T v)
+    RANK:    (1/m) rowsum((G (G^T diag(v) A)) o A), with G = sum_b D_b U_b over all blocks
+             first and A the layer's input.
 Memory O(n * (block + d + k)); one pass over the neurons per call.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
-from ..models.net import TwoLayerNet
+from ..models.blocks import neuron_blocks
+from ..models.groups import Group, Role
+from ..models.layer import Layer
+from ..models.network import Network
 from ..models.validation import prepare_inputs
-from .empirical import neuron_blocks
+from .empirical import single_layer
+
+F64 = torch.float64
+
+
+class _Block(NamedTuple):
+    i0: int
+    i1: int
+    p: torch.Tensor  # pre-activations (n, b)
+    d: torch.Tensor  # D_b = S_b diag(a_b): the block's backprop signal, times sqrt(m)
+
+
+class _Rows:
+    def __init__(self, feats: torch.Tensor) -> None:
+        self.f = feats
+
+    def add(self, out: torch.Tensor, vv: torch.Tensor, b: _Block) -> None:
+        for j in range(vv.shape[1]):
+            m_j = self.f.T @ (b.d * vv[:, j : j + 1])  # (dim F, B)
+            out[:, j] += ((self.f @ m_j) * b.d).sum(dim=1).to(F64)
+
+    def finish(self, out: torch.Tensor, vv: torch.Tensor) -> None:
+        pass
+
+
+class _Readout:
+    def add(self, out: torch.Tensor, vv: torch.Tensor, b: _Block) -> None:
+        r = torch.relu(b.p)
+        out += (r @ (r.T @ vv)).to(F64)
+
+    def finish(self, out: torch.Tensor, vv: torch.Tensor) -> None:
+        pass
+
+
+class _Rank:
+    def __init__(self, layer: Layer, inputs: torch.Tensor) -> None:
+        self.layer, self.x = layer, inputs
+        self.g = inputs.new_zeros(inputs.shape[0], layer.k)
+
+    def add(self, out: torch.Tensor, vv: torch.Tensor, b: _Block) -> None:
+        self.g += self.layer.to_rank(b.d, b.i0, b.i1)
+
+    def finish(self, out: torch.Tensor, vv: torch.Tensor) -> None:
+        for j in range(vv.shape[1]):
+            a_j = self.g.T @ (self.x * vv[:, j : j + 1])  # (k, d)
+            out[:, j] += ((self.g @ a_j) * self.x).sum(dim=1).to(F64)
+
+
+def _term(group: Group, layer: Layer, x: torch.Tensor, feats: torch.Tensor):
+    if group.role is Role.ROWS:
+        return _Rows(feats)
+    if group.role is Role.RANK:
+        return _Rank(layer, x)
+    return _Readout()
 
 
 def ntk_matvec(
-    net: TwoLayerNet, x: torch.Tensor, v: torch.Tensor, block: int | None = None
+    net: Network, x: torch.Tensor, v: torch.Tensor, block: int | None = None
 ) -> torch.Tensor:
     """H(X, X) @ v for v of shape (n,) or (n, p), exactly, in float64 accumulation."""
+    layer = single_layer(net)
     x = prepare_inputs(x, net.d, net.dtype, net.device, "X")
     n = x.shape[0]
     if not isinstance(v, torch.Tensor):
@@ -28,27 +88,17 @@ def ntk_matvec(
         raise ValueError(f"v: expected shape ({n},) or ({n}, p), got {tuple(v.shape)}")
     vec = v.dim() == 1
     vv = (v[:, None] if vec else v).to(dtype=net.dtype, device=net.device)
-    trained = net.trained
-    need_s, need_r, need_g = ("W" in trained or "U" in trained), "a" in trained, "V" in trained
-    out = torch.zeros(n, vv.shape[1], dtype=torch.float64, device=net.device)
-    g = torch.zeros(n, net.k, dtype=net.dtype, device=net.device) if need_g else None
+    out = torch.zeros(n, vv.shape[1], dtype=F64, device=net.device)
     with torch.no_grad():
-        f = net.features(x)
+        a = net.a.detach()
+        f = layer.features(x)
+        terms = [_term(g, layer, x, f) for g in net.groups]
         for i0, i1 in neuron_blocks(net, block, n):
-            p = net.preact(f, i0, i1)
-            s = (p > 0).to(net.dtype)
-            if need_s:
-                for j in range(vv.shape[1]):
-                    m_j = f.T @ (s * vv[:, j : j + 1])  # (dim F, B)
-                    out[:, j] += ((f @ m_j) * s).sum(dim=1).to(torch.float64)
-            if need_r:
-                r = torch.relu(p)
-                out += (r @ (r.T @ vv)).to(torch.float64)
-            if need_g:
-                g += net.to_rank(s * net.a[i0:i1], i0, i1)
-        if need_g:
-            for j in range(vv.shape[1]):
-                a_j = g.T @ (x * vv[:, j : j + 1])  # (k, d)
-                out[:, j] += ((g @ a_j) * x).sum(dim=1).to(torch.float64)
+            p = layer.preact(f, i0, i1)
+            b = _Block(i0, i1, p, (p > 0).to(net.dtype) * a[i0:i1])
+            for t in terms:
+                t.add(out, vv, b)
+        for t in terms:
+            t.finish(out, vv)
     out = (out / net.m).to(net.dtype)
     return out[:, 0] if vec else out

@@ -4,6 +4,9 @@ The n x m activations are never held whole: the forward pass keeps only the feat
 Z = X V^T, n x k), and the backward pass recomputes each block's pre-activations. Memory is
 O(n * (block + k) + parameters) at any width, and any torch optimizer (or DeepSpeed) can step
 the gradients it leaves in .grad.
+
+The Function takes the net's trained tensors as they come (net.groups) and computes each one's
+gradient by its role, so it needs no knowledge of which tensors a mode trains.
 """
 
 from __future__ import annotations
@@ -12,11 +15,13 @@ import math
 
 import torch
 
-from ..models.net import TwoLayerNet
-from ..ntk.empirical import neuron_blocks
+from ..models.blocks import neuron_blocks
+from ..models.groups import Group, Role
+from ..models.network import Network
+from ..ntk.empirical import single_layer
 
 
-def default_train_block(net: TwoLayerNet, n: int) -> int:
+def default_train_block(net: Network, n: int) -> int:
     """Neurons per block: a block of pre-activations of about 1 MB stays in cache."""
     return max(64, min(net.m_local, 4096, (1 << 18) // max(1, n)))
 
@@ -30,46 +35,52 @@ def _block_buffer(x: torch.Tensor, blocks: list[tuple[int, int]]):
 
 class _BlockedOutput(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, first, v, a, net, blocks):  # noqa: ARG004 - tensors passed for autograd
-        feats = net.features(x)
+    def forward(ctx, x, net, groups, blocks, *params):  # noqa: ARG004 - params for autograd
+        layer = single_layer(net)
+        feats = layer.features(x)
         buf = _block_buffer(x, blocks)
         out = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
         for i0, i1 in blocks:
-            out.addmv_(net.preact(feats, i0, i1, out=buf(i1 - i0)).relu_(), a[i0:i1])
+            out.addmv_(layer.preact(feats, i0, i1, out=buf(i1 - i0)).relu_(), net.a[i0:i1])
         ctx.save_for_backward(x, feats)
-        ctx.net, ctx.blocks = net, blocks
+        ctx.net, ctx.groups, ctx.blocks = net, groups, blocks
         return out / math.sqrt(net.m)
 
     @staticmethod
     def backward(ctx, grad_out):
         x, feats = ctx.saved_tensors
         net, blocks = ctx.net, ctx.blocks
-        need_first, need_v, need_a = ctx.needs_input_grad[1:4]
-        first = net.W if net.mode == "dense" else net.U
+        layer, a = single_layer(net), net.a
+        wanted = [g for g, need in zip(ctx.groups, ctx.needs_input_grad[4:]) if need]
+        grads = {g: torch.empty_like(net.parameter(g)) for g in wanted
+                 if g.role is not Role.RANK}
+        rows = next((grads[g] for g in wanted if g.role is Role.ROWS), None)
+        readout = next((grads[g] for g in wanted if g.role is Role.READOUT), None)
+        need_rank = any(g.role is Role.RANK for g in wanted)
+        rank = x.new_zeros(x.shape[0], layer.k) if need_rank else None
         e = (grad_out / math.sqrt(net.m))[:, None]
-        g_first = torch.empty_like(first) if need_first else None
-        g_a = torch.empty_like(net.a) if need_a else None
-        g_rank = x.new_zeros(x.shape[0], net.k) if need_v else None
         buf = _block_buffer(x, blocks)
         for i0, i1 in blocks:
             # The block is turned in place into relu(P), then into the masked residual S o e,
             # so it stays in cache and nothing n x block is allocated.
-            p = net.preact(feats, i0, i1, out=buf(i1 - i0)).clamp_(min=0)
-            if need_a:
-                torch.mv(p.T, e[:, 0], out=g_a[i0:i1])
+            p = layer.preact(feats, i0, i1, out=buf(i1 - i0)).clamp_(min=0)
+            if readout is not None:
+                torch.mv(p.T, e[:, 0], out=readout[i0:i1])
             me = p.sign_().mul_(e)
-            if need_first:
-                torch.mm(me.T, feats, out=g_first[i0:i1])
-                g_first[i0:i1] *= net.a[i0:i1, None]
-            if need_v:
-                g_rank += net.to_rank(me.mul_(net.a[i0:i1]), i0, i1)
-        g_v = g_rank.T @ x if need_v else None
-        return None, g_first, g_v, g_a, None, None
+            if rows is not None:
+                torch.mm(me.T, feats, out=rows[i0:i1])
+                rows[i0:i1] *= a[i0:i1, None]
+            if rank is not None:
+                rank += layer.to_rank(me.mul_(a[i0:i1]), i0, i1)
+        for g in wanted:
+            if g.role is Role.RANK:
+                grads[g] = rank.T @ x
+        return None, None, None, None, *(grads.get(g) for g in ctx.groups)
 
 
-def blocked_output(net: TwoLayerNet, x: torch.Tensor, block: int | None = None) -> torch.Tensor:
+def blocked_output(net: Network, x: torch.Tensor, block: int | None = None) -> torch.Tensor:
     """f(X) of net's neurons, differentiable, computed neuron block by neuron block."""
     b = default_train_block(net, x.shape[0]) if block is None else block
     blocks = neuron_blocks(net, b, x.shape[0])
-    first = net.W if net.mode == "dense" else net.U
-    return _BlockedOutput.apply(x, first, net.V, net.a, net, blocks)
+    groups: tuple[Group, ...] = net.groups
+    return _BlockedOutput.apply(x, net, groups, blocks, *(net.parameter(g) for g in groups))

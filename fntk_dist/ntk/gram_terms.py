@@ -1,0 +1,128 @@
+"""Each trained group's Gram term, summed neuron block by neuron block, then finished.
+
+For the last hidden layer, with S = 1[P > 0] for pre-activations P, the backprop signal is
+Delta = S diag(a) / sqrt(m). The 1/m common to every term is applied once, by finish_gram, so
+the sums here are of Delta' = S diag(a):
+
+    ROWS     sum_r Delta'_r(X1) Delta'_r(X2)^T        finished as (F1 F2^T) o sum
+    RANK     G = Delta' U for X1 and X2 (n x k)       finished as (A1 A2^T) o (G1 G2^T)
+    READOUT  sum_r relu(P_r(X1)) relu(P_r(X2))^T      finished as the sum itself
+
+with F the layer's features (X, or Z = X V^T) and A its input.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from ..models.blocks import F32_EXACT
+from ..models.groups import Group, Role
+from ..models.layer import Layer
+from .partial import NeuronSum, RankSum, Term
+
+F64 = torch.float64
+
+
+class Block(NamedTuple):
+    """One neuron block [i0, i1) of the last layer: pre-activations for X1 and X2 (p2 is p1
+    for a Gram of X against itself) and the block's readout weights a."""
+
+    i0: int
+    i1: int
+    p1: torch.Tensor
+    p2: torch.Tensor
+    a: torch.Tensor
+
+
+class _RowsSum:
+    """sum_r a_r^2 s_r(X1) s_r(X2)^T. While every a_r is +-1 (a fixed readout, or one not yet
+    moved) that is a count of shared active neurons, exact in a float32 GEMM, which is flushed
+    into float64 before a count could pass 2^24; otherwise the weighted masks are multiplied
+    in the net's dtype and summed in float64."""
+
+    def __init__(self, group: Group, n1: int, n2: int, device: torch.device, counts: bool):
+        self.key, self.counts, self.pending = group.key, counts, 0
+        self.total = torch.zeros(n1, n2, dtype=F64, device=device)
+        self.count = torch.zeros(n1, n2, dtype=torch.float32, device=device) if counts else None
+
+    def add(self, b: Block, layer: Layer) -> None:
+        sym = b.p2 is b.p1
+        if not self.counts:
+            d1 = (b.p1 > 0).to(b.p1.dtype) * b.a
+            d2 = d1 if sym else (b.p2 > 0).to(b.p2.dtype) * b.a
+            self.total += (d1 @ d2.T).to(F64)
+            return
+        if self.pending + (b.i1 - b.i0) >= F32_EXACT:
+            self.total += self.count
+            self.count.zero_()
+            self.pending = 0
+        s1 = (b.p1 > 0).to(torch.float32)
+        s2 = s1 if sym else (b.p2 > 0).to(torch.float32)
+        self.count.addmm_(s1, s2.T)
+        self.pending += b.i1 - b.i0
+
+    def result(self) -> NeuronSum:
+        if self.counts:
+            self.total += self.count
+        return NeuronSum(self.key, self.total)
+
+
+class _RankSum:
+    """G = S diag(a) U for X1 and X2, summed in float64."""
+
+    def __init__(self, group: Group, n1: int, n2: int, k: int, device: torch.device, sym: bool):
+        self.key = group.key
+        self.g1 = torch.zeros(n1, k, dtype=F64, device=device)
+        self.g2 = self.g1 if sym else torch.zeros(n2, k, dtype=F64, device=device)
+
+    def add(self, b: Block, layer: Layer) -> None:
+        self.g1 += layer.to_rank((b.p1 > 0).to(b.p1.dtype) * b.a, b.i0, b.i1).to(F64)
+        if self.g2 is not self.g1:
+            self.g2 += layer.to_rank((b.p2 > 0).to(b.p2.dtype) * b.a, b.i0, b.i1).to(F64)
+
+    def result(self) -> RankSum:
+        return RankSum(self.key, self.g1, self.g2)
+
+
+class _ReadoutSum:
+    """sum_r relu(P_r(X1)) relu(P_r(X2))^T, each block's product summed in float64."""
+
+    def __init__(self, group: Group, n1: int, n2: int, device: torch.device):
+        self.key = group.key
+        self.total = torch.zeros(n1, n2, dtype=F64, device=device)
+
+    def add(self, b: Block, layer: Layer) -> None:
+        r1 = torch.relu(b.p1)
+        self.total += (r1 @ (r1 if b.p2 is b.p1 else torch.relu(b.p2)).T).to(F64)
+
+    def result(self) -> NeuronSum:
+        return NeuronSum(self.key, self.total)
+
+
+def accumulators(groups: tuple[Group, ...], layer: Layer, a: torch.Tensor, n1: int, n2: int,
+                 sym: bool) -> list[_RowsSum | _RankSum | _ReadoutSum]:
+    """One running sum per trained group, in the groups' order."""
+    dev = a.device
+    counts = bool((a.abs() == 1).all())
+    made = {
+        Role.ROWS: lambda g: _RowsSum(g, n1, n2, dev, counts),
+        Role.RANK: lambda g: _RankSum(g, n1, n2, layer.k, dev, sym),
+        Role.READOUT: lambda g: _ReadoutSum(g, n1, n2, dev),
+    }
+    return [made[g.role](g) for g in groups]
+
+
+def finish_term(term: Term, role: Role, layer: Layer, x1: torch.Tensor, x2: torch.Tensor,
+                feats: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    """The term's unscaled Gram from its sums over all neurons, in the layer's dtype.
+
+    feats: the layer's features of x1 and x2, computed once by the caller for ROWS terms.
+    """
+    dt = layer.dtype
+    if role is Role.ROWS:
+        return (feats[0] @ feats[1].T) * term.total.to(dt)
+    if role is Role.RANK:
+        return (x1 @ x2.T) * (term.g1 @ term.g2.T).to(dt)
+    return term.total.to(dt)

@@ -1,0 +1,103 @@
+"""GramPartial: a Gram's sums over a set of neurons, one per named NTK term.
+
+Width shards (and neuron blocks) each hold some neurons; the Gram is a sum over all of them,
+but not every term is a sum of per-neuron Grams: a RANK term (V trained) needs the n x k
+factor G = Delta U summed over every neuron before its outer product G G^T. So a shard ships
+sums, not Gram terms: they add over disjoint neuron sets, are reduced across shards (a Ray
+driver adds them, a torch.distributed group all-reduces them), and the Gram is finished once.
+
+The object is plain data (dataclasses of tensors, each term named by a pair of strings), so it
+pickles as it is: Ray ships it between processes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class NeuronSum:
+    """sum_r d_r(X1) d_r(X2)^T over neurons r, (n1, n2) float64, for a ROWS term (d the
+    backprop signal) or the READOUT term (d the activation). It adds over neurons as it is."""
+
+    key: tuple[str, str]
+    total: torch.Tensor
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        return (self.total,)
+
+    def __add__(self, other: NeuronSum) -> NeuronSum:
+        return NeuronSum(self.key, self.total + other.total)
+
+    def to(self, device: torch.device | str) -> NeuronSum:
+        return NeuronSum(self.key, self.total.to(device))
+
+
+@dataclass
+class RankSum:
+    """G(X1) and G(X2), (n, k) float64, with G = Delta U summed over neurons: a RANK term.
+
+    g2 is g1 itself for a Gram of X against itself (one sum to reduce, not two).
+    """
+
+    key: tuple[str, str]
+    g1: torch.Tensor
+    g2: torch.Tensor
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        return (self.g1,) if self.g2 is self.g1 else (self.g1, self.g2)
+
+    def __add__(self, other: RankSum) -> RankSum:
+        g1 = self.g1 + other.g1
+        sym = self.g2 is self.g1 and other.g2 is other.g1
+        return RankSum(self.key, g1, g1 if sym else self.g2 + other.g2)
+
+    def to(self, device: torch.device | str) -> RankSum:
+        g1 = self.g1.to(device)
+        return RankSum(self.key, g1, g1 if self.g2 is self.g1 else self.g2.to(device))
+
+
+Term = NeuronSum | RankSum
+
+
+@dataclass
+class GramPartial:
+    """The sums of every trained group's NTK term over a set of neurons, in the net's group
+    order. Partials of disjoint neuron sets add (p1 + p2, or sum(parts)); finish_gram turns the
+    total over all neurons into the Gram."""
+
+    terms: tuple[Term, ...]
+
+    @property
+    def keys(self) -> tuple[tuple[str, str], ...]:
+        """The terms' names: ("layer0", "U"), ("readout", "a"), ..."""
+        return tuple(t.key for t in self.terms)
+
+    def __add__(self, other: GramPartial) -> GramPartial:
+        if not isinstance(other, GramPartial):
+            return NotImplemented
+        if other.keys != self.keys:
+            raise ValueError(f"part: cannot add partials of terms {self.keys} and {other.keys}")
+        return GramPartial(tuple(a + b for a, b in zip(self.terms, other.terms)))
+
+    def __radd__(self, other: object) -> GramPartial:
+        if isinstance(other, int) and other == 0:  # sum(parts) starts from 0
+            return self
+        return NotImplemented
+
+    def all_reduce_(self, sum_fn: Callable[[torch.Tensor], object]) -> GramPartial:
+        """Apply an in-place sum over processes (e.g. a torch.distributed all-reduce over the
+        width shards) to every summed tensor, once each; returns self."""
+        for term in self.terms:
+            for t in term.tensors():
+                sum_fn(t)
+        return self
+
+    def to(self, device: torch.device | str) -> GramPartial:
+        return GramPartial(tuple(t.to(device) for t in self.terms))
+
+    def cpu(self) -> GramPartial:
+        return self.to("cpu")
