@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import net_grid
 
 from fntk_dist import (
+    GramMethod,
     TwoLayerNet,
     analytic_ntk,
     empirical_ntk,
@@ -15,6 +17,7 @@ from fntk_dist import (
     spectrum_from_matmat,
     spectrum_from_matvec,
 )
+from fntk_dist.ntk import gram
 
 
 @pytest.mark.parametrize("train_output", [False, True])
@@ -68,3 +71,45 @@ def test_spectrum_from_matrix_and_from_matvec_agree():
     blocked, resid = spectrum_from_matmat(lambda v: h.numpy() @ v, 80, top=4, block=8)
     assert blocked.lambda_min == pytest.approx(dense.lambda_min, rel=1e-6) and resid < 1e-6
     assert blocked.top == pytest.approx(dense.top, rel=1e-8)
+
+
+@pytest.mark.parametrize("mode,sketch", net_grid())
+@pytest.mark.parametrize("train_output", [False, True])
+def test_gram_methods_agree(mode, sketch, train_output):
+    net = TwoLayerNet(9, 70, mode, None if mode == "dense" else 4, sketch, train_output, 2,
+                      torch.float64)
+    x = torch.randn(8, 9, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    closed = gram(net, x)
+    assert torch.equal(closed, gram(net, x, method=GramMethod.CLOSED_FORM))
+    for j in range(8):  # mat-vec, column by column, against the closed form
+        e = torch.zeros(8, dtype=torch.float64)
+        e[j] = 1
+        assert torch.allclose(ntk_matvec(net, x, e, block=16), closed[:, j], rtol=0, atol=1e-12)
+    assert torch.allclose(gram(net, x, method="matvec"), closed, rtol=0, atol=1e-12)
+    assert torch.allclose(gram(net, x, method="autograd"), closed, rtol=0, atol=1e-12)
+    cross = gram(net, x[:3], x[3:], method="autograd")
+    assert torch.allclose(gram(net, x[:3], x[3:]), cross, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode,sketch", [("dense", None), ("sketch_in", "gaussian"),
+                                         ("sketch_in", "srht")])
+def test_analytic_method_is_the_wide_limit_of_the_closed_form(mode, sketch):
+    x = torch.nn.functional.normalize(
+        torch.randn(6, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64), dim=1)
+    net = TwoLayerNet(8, 100_000, mode, None if mode == "dense" else 8, sketch, True, 0,
+                      torch.float64)
+    inf = gram(net, x, method=GramMethod.ANALYTIC)
+    assert inf.dtype == torch.float64
+    assert (gram(net, x) - inf).abs().max() < 0.02 * inf.abs().max()
+    assert torch.allclose(gram(net, x[:2], x, method="analytic"), inf[:2])
+
+
+def test_gram_method_errors():
+    net = TwoLayerNet(3, 10, "sketch_out", 2)
+    x = torch.randn(4, 3)
+    with pytest.raises(ValueError, match="method: expected one of"):
+        gram(net, x, method="jacobian")
+    with pytest.raises(ValueError, match="method: mode 'sketch_out' has no analytic"):
+        gram(net, x, method="analytic")
+    with pytest.raises(ValueError, match="x2: the mat-vec method"):
+        gram(net, x, x, method="matvec")

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import math
 
+import pydantic
 import pytest
 import torch
 from conftest import net_grid
 
 from fntk_dist import TwoLayerNet, empirical_ntk, ntk_matvec
-from fntk_dist.models import InputSketch, OutputSketch, fwht
+from fntk_dist.errors import ConfigError
+from fntk_dist.models import InputSketch, Layer, Network, OutputSketch, fwht, net_cost
+from fntk_dist.models.config import ModelConfig
+from fntk_dist.models.cost import readout_cost
 from fntk_dist.ntk import finish_gram, gram_partial
 
 
@@ -125,3 +129,89 @@ def test_bad_inputs_name_x(x, msg):
     else:
         with pytest.raises(ValueError, match=msg):
             net(x)
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "rademacher", "srht", "countsketch"])
+@pytest.mark.parametrize("k", [1, 3, 4, 6])
+def test_output_sketch_rows_are_its_adjoint_on_the_identity(kind, k):
+    for lo, hi in [(0, 40), (7, 33), (37, 261)]:
+        sk = OutputSketch(kind, k, lo, hi, 3, torch.float64)
+        for i0, i1 in [(0, hi - lo), (2, 9), (5, 6)]:
+            eye = torch.eye(i1 - i0, dtype=torch.float64)
+            assert torch.equal(sk.rows(i0, i1), sk.transpose(eye, i0, i1))
+
+
+def test_layer_streams_layer0_is_the_two_layer_net_deeper_layers_differ():
+    net = _net("lowrank", None)
+    first = Layer(13, 600, "lowrank", 6, seed=7, index=0, dtype=torch.float64)
+    second = Layer(13, 600, "lowrank", 6, seed=7, index=1, dtype=torch.float64)
+    assert torch.equal(first.U, net.U) and torch.equal(first.V, net.V)
+    assert not torch.equal(second.U, net.U) and not torch.equal(second.V, net.V)
+    shard = Layer(13, 600, "lowrank", 6, seed=7, index=1, dtype=torch.float64, neurons=(250, 300))
+    assert torch.equal(shard.U, second.U[250:300])
+    sk = [Layer(13, 600, "sketch_in", 6, "srht", seed=7, index=i, dtype=torch.float64)
+          for i in (0, 1)]
+    assert not torch.equal(sk[0].in_sketch.signs, sk[1].in_sketch.signs)
+
+
+def test_deep_network_follows_the_scaling_convention():
+    layers = [Layer(5, 30, "dense", seed=1, index=0, dtype=torch.float64),
+              Layer(30, 20, "lowrank", 4, seed=1, index=1, dtype=torch.float64),
+              Layer(20, 10, "sketch_in", 3, "srht", seed=1, index=2, dtype=torch.float64)]
+    net = Network(layers, train_output=True, seed=1)
+    x = torch.randn(4, 5, dtype=torch.float64)
+    h1 = torch.relu(x @ layers[0].W.T)
+    h2 = torch.relu(math.sqrt(2 / 30) * (h1 @ layers[1].V.T @ layers[1].U.T))
+    h3 = torch.relu(math.sqrt(2 / 20) * (layers[2].in_sketch(h2) @ layers[2].U.T))
+    assert torch.allclose(net(x), h3 @ net.a / math.sqrt(10), rtol=0, atol=1e-14)
+    assert net.depth == 3 and net.d == 5 and net.m == 10
+    assert [g.key for g in net.groups] == [("layer0", "W"), ("layer1", "U"), ("layer1", "V"),
+                                           ("layer2", "U"), ("readout", "a")]
+    assert net.cost() == layers[0].cost() + layers[1].cost() + layers[2].cost() + readout_cost(
+        10, True)
+    with pytest.raises(ValueError, match="closed-form kernels cover one hidden layer"):
+        empirical_ntk(net, x)
+
+
+@pytest.mark.parametrize("layers,msg", [
+    (lambda: [Layer(5, 30), Layer(20, 10)], "layers: layer 1 takes d=20"),
+    (lambda: [Layer(5, 30, neurons=(0, 10)), Layer(30, 10)], "neurons: layer 0 feeds"),
+    (lambda: [Layer(5, 30), Layer(30, 10, dtype=torch.float64)], "dtype:"),
+    (lambda: [], "layers:"),
+])
+def test_network_rejects_stacks_that_do_not_chain(layers, msg):
+    with pytest.raises(ValueError, match=msg):
+        Network(layers())
+
+
+@pytest.mark.parametrize("mode,sketch", net_grid())
+@pytest.mark.parametrize("train_output", [False, True])
+def test_cost_adds_per_layer_and_gram_flops_count_each_term(mode, sketch, train_output):
+    d, m, k = 20, 300, 6
+    net = TwoLayerNet(d, m, mode, None if mode == "dense" else k, sketch, train_output)
+    assert net.cost() == net_cost(mode, net.sketch, m, d, net.k, train_output)
+    rows, cols = 7, 11
+    want = net.cost().forward_flops * (rows + cols)  # the distributed Gram's former tile_flops
+    if mode != "sketch_out":
+        want += 2 * rows * cols * m
+    if train_output:
+        want += 2 * rows * cols * m
+    if mode in ("sketch_out", "lowrank"):
+        want += 2 * (rows + cols) * m * k
+    assert net.gram_flops(rows, cols) == want
+
+
+@pytest.mark.parametrize("model,key,msg", [
+    (dict(mode="sketch_in", m=8, k=9), "k", "must be <= m=8, got 9"),
+    (dict(mode="dense", k=4), "k", "mode 'dense' has no rank"),
+    (dict(mode="lowrank", k=4, sketch="srht"), "sketch", "mode 'lowrank' has no fixed factor"),
+    (dict(mode="sketch_out"), "k", "mode 'sketch_out' needs a rank k"),
+])
+def test_model_config_runs_the_layer_checks(model, key, msg):
+    with pytest.raises(pydantic.ValidationError) as info:
+        ModelConfig(**model)
+    err = info.value.errors()[0]
+    assert err["loc"] == (key,) and err["msg"].startswith(msg)
+    ModelConfig()  # the untouched default is checked when built
+    with pytest.raises(ConfigError, match=r"^model\.k: srht samples k rows"):
+        ModelConfig(mode="sketch_in", k=64, sketch="srht").build(d=8)

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
+
 import pytest
 import torch
 from conftest import net_grid, requires_cuda
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch.func import functional_call, jacrev, vmap
 
 from fntk_dist import TwoLayerNet, autograd_ntk, empirical_ntk, ntk_matvec
+from fntk_dist.ntk import RankSum, finish_gram, gram_partial
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor, scale: float = 0.0) -> float:
@@ -92,3 +97,77 @@ def test_gram_on_cuda_matches_cpu():
         cpu = empirical_ntk(_net(mode, sketch, 32, 1000, 8, True), x)
         gpu = empirical_ntk(_net(mode, sketch, 32, 1000, 8, True).cuda(), x.cuda())
         assert _rel(gpu.cpu(), cpu) < 1e-10
+
+
+@pytest.mark.parametrize("mode,sketch", net_grid())
+@pytest.mark.parametrize("train_output", [False, True])
+def test_vmapped_jacobians_of_forward_give_the_closed_form(mode, sketch, train_output):
+    # The torch.func recipe: per-point Jacobians by vmap(jacrev) over the net itself. It needs a
+    # forward without data-dependent branches (forward checks shapes only).
+    net = _net(mode, sketch, 7, 30, 4, train_output, seed=2)
+    x = torch.randn(6, 7, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    params = {n: p.detach() for n, p in net.named_parameters() if p.requires_grad}
+
+    def f(p, xi):
+        return functional_call(net, p, (xi.unsqueeze(0),))[0]
+
+    jac = vmap(jacrev(f), in_dims=(None, 0))(params, x)
+    h = sum(j.reshape(6, -1) @ j.reshape(6, -1).T for j in jac.values())
+    assert _rel(empirical_ntk(net, x), h) < 1e-12
+
+
+@pytest.mark.parametrize("mode,sketch", net_grid())
+def test_gram_after_the_readout_moved(mode, sketch):
+    # A trained readout leaves +-1: the ROWS terms weigh each neuron by a_r^2.
+    net = _net(mode, sketch, 6, 40, 3, True, seed=4)
+    with torch.no_grad():
+        net.a.mul_(torch.linspace(0.3, 2.0, 40, dtype=torch.float64))
+    x = torch.randn(7, 6, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    ref = autograd_ntk(net, x)
+    assert _rel(empirical_ntk(net, x, block=16), ref) < 1e-12
+    assert _rel(empirical_ntk(net, x[:3], x, block=16), ref[:3]) < 1e-12
+    v = torch.randn(7, 2, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    assert _rel(ntk_matvec(net, x, v, block=16), ref @ v) < 1e-12
+
+
+def _shards(mode, sketch, cuts):
+    return [TwoLayerNet(6, cuts[-1], mode, None if mode == "dense" else 3, sketch, True, 1,
+                        torch.float64, neurons=(lo, hi)) for lo, hi in zip(cuts, cuts[1:])]
+
+
+@pytest.mark.parametrize("mode,sketch", [("lowrank", None), ("sketch_out", "srht"),
+                                         ("dense", None)])
+def test_gram_partials_add_reduce_move_and_pickle(mode, sketch):
+    x = torch.randn(5, 6, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    x2 = x[:2] + 1
+    whole = _shards(mode, sketch, [0, 90])[0]
+    shards = _shards(mode, sketch, [0, 13, 70, 90])
+    for other in (None, x2):
+        parts = [gram_partial(s, x, other, block=8) for s in shards]
+        total = sum(parts)
+        assert total.keys == tuple(g.key for g in whole.groups)
+        ref = empirical_ntk(whole, x, other)
+        assert _rel(finish_gram(whole, total, x, other), ref) < 1e-13
+        again = pickle.loads(pickle.dumps(total.cpu()))
+        assert torch.equal(finish_gram(whole, again, x, other), finish_gram(whole, total, x, other))
+        assert all((t.g2 is t.g1) == (other is None) for t in again.terms
+                   if isinstance(t, RankSum))
+        # all_reduce_ with the shards as the processes: every summed tensor once, g2 is g1
+        # (one tensor) for X against itself.
+        flat = [[t for term in p.terms for t in term.tensors()] for p in parts]
+        calls = iter(range(len(flat[0])))
+
+        def sum_fn(t, flat=flat, calls=calls):
+            i = next(calls)
+            for other_tensors in flat[1:]:
+                t.add_(other_tensors[i])
+
+        reduced = copy.deepcopy(parts[0]).all_reduce_(sum_fn)
+        assert next(calls, None) is None
+        assert torch.equal(finish_gram(whole, reduced, x, other),
+                           finish_gram(whole, total, x, other))
+        ranks = [t for t in total.terms if isinstance(t, RankSum)]
+        assert all((r.g2 is r.g1) == (other is None) for r in ranks)
+        assert all(len(r.tensors()) == (1 if other is None else 2) for r in ranks)
+    with pytest.raises(ValueError, match="part: cannot add"):
+        gram_partial(shards[0], x) + gram_partial(_shards("sketch_in", None, [0, 90])[0], x)
