@@ -169,7 +169,7 @@ def test_deep_network_follows_the_scaling_convention():
                                            ("layer2", "U"), ("readout", "a")]
     assert net.cost() == layers[0].cost() + layers[1].cost() + layers[2].cost() + readout_cost(
         10, True)
-    with pytest.raises(ValueError, match="closed-form kernels cover one hidden layer"):
+    with pytest.raises(ValueError, match="net: the closed-form Gram covers one hidden layer"):
         empirical_ntk(net, x)
 
 

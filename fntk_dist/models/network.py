@@ -88,6 +88,13 @@ class Network(nn.Module):
         out = tuple(g for layer in self.layers for g in layer.groups)
         return out + ((Group(None, "a", Role.READOUT),) if self.a.requires_grad else ())
 
+    def only_layer(self, what: str) -> Layer:
+        """The one hidden layer, for the computations that cover depth 1 so far (`what`)."""
+        if self.depth != 1:
+            raise ValueError(f"net: {what} covers one hidden layer so far, got depth "
+                             f"{self.depth} (plain autograd covers any: net(x), autograd_ntk)")
+        return self.layers[0]
+
     def parameter(self, group: Group) -> nn.Parameter:
         """The tensor of a trained group."""
         owner = self if group.layer is None else self.layers[group.layer]

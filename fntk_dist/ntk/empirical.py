@@ -14,19 +14,10 @@ import torch
 
 from ..models.blocks import neuron_blocks
 from ..models.groups import Group, Role
-from ..models.layer import Layer
 from ..models.network import Network
 from ..models.validation import prepare_inputs
 from .gram_terms import Block, accumulators, finish_term
 from .partial import GramPartial
-
-
-def single_layer(net: Network) -> Layer:
-    """The layer whose neurons the closed forms walk; they cover depth 1 (one hidden layer)."""
-    if net.depth != 1:
-        raise ValueError(f"net: the closed-form kernels cover one hidden layer, got depth "
-                         f"{net.depth}; autograd_ntk computes the NTK of any depth")
-    return net.layers[0]
 
 
 def gram_partial(
@@ -37,7 +28,7 @@ def gram_partial(
 
     on_block(done, total) is called after each neuron block (progress reporting).
     """
-    layer = single_layer(net)
+    layer = net.only_layer("the closed-form Gram")
     x1 = prepare_inputs(x1, net.d, net.dtype, net.device, "X")
     sym = x2 is None
     x2 = x1 if sym else prepare_inputs(x2, net.d, net.dtype, net.device, "X2")
@@ -61,7 +52,7 @@ def finish_gram(
     net: Network, part: GramPartial, x1: torch.Tensor, x2: torch.Tensor | None = None
 ) -> torch.Tensor:
     """H(X1, X2) from the summed partials of all m neurons, in the net's dtype."""
-    layer = single_layer(net)
+    layer = net.only_layer("the closed-form Gram")
     groups: dict[tuple[str, str], Group] = {g.key: g for g in net.groups}
     if set(part.keys) != set(groups):
         raise ValueError(f"part: holds the terms {part.keys}, but the net trains "

@@ -19,7 +19,6 @@ from ..models.groups import Group, Role
 from ..models.layer import Layer
 from ..models.network import Network
 from ..models.validation import prepare_inputs
-from .empirical import single_layer
 
 F64 = torch.float64
 
@@ -79,7 +78,7 @@ def ntk_matvec(
     net: Network, x: torch.Tensor, v: torch.Tensor, block: int | None = None
 ) -> torch.Tensor:
     """H(X, X) @ v for v of shape (n,) or (n, p), exactly, in float64 accumulation."""
-    layer = single_layer(net)
+    layer = net.only_layer("the closed-form mat-vec")
     x = prepare_inputs(x, net.d, net.dtype, net.device, "X")
     n = x.shape[0]
     if not isinstance(v, torch.Tensor):

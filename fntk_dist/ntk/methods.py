@@ -10,7 +10,7 @@ from ..models.network import Network
 from ..models.validation import prepare_inputs
 from .analytic import analytic_ntk
 from .autograd import autograd_ntk
-from .empirical import empirical_ntk, single_layer
+from .empirical import empirical_ntk
 from .matvec import ntk_matvec
 
 
@@ -55,7 +55,7 @@ def gram(
             raise ValueError("x2: the mat-vec method computes H(X, X) only")
         eye = torch.eye(x1.shape[0], dtype=net.dtype, device=net.device)
         return ntk_matvec(net, x1, eye, block)
-    layer = single_layer(net)
+    layer = net.only_layer("the analytic kernel")
     x1 = prepare_inputs(x1, net.d, net.dtype, net.device, "X")
     x2 = None if x2 is None else prepare_inputs(x2, net.d, net.dtype, net.device, "X2")
     inputs = layer.analytic_inputs(x1)

@@ -16,9 +16,8 @@ import math
 import torch
 
 from ..models.blocks import neuron_blocks
-from ..models.groups import Group, Role
+from ..models.groups import Role
 from ..models.network import Network
-from ..ntk.empirical import single_layer
 
 
 def default_train_block(net: Network, n: int) -> int:
@@ -36,7 +35,7 @@ def _block_buffer(x: torch.Tensor, blocks: list[tuple[int, int]]):
 class _BlockedOutput(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, net, groups, blocks, *params):  # noqa: ARG004 - params for autograd
-        layer = single_layer(net)
+        layer = net.only_layer("the blocked step")
         feats = layer.features(x)
         buf = _block_buffer(x, blocks)
         out = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
@@ -50,14 +49,12 @@ class _BlockedOutput(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, feats = ctx.saved_tensors
         net, blocks = ctx.net, ctx.blocks
-        layer, a = single_layer(net), net.a
-        wanted = [g for g, need in zip(ctx.groups, ctx.needs_input_grad[4:]) if need]
-        grads = {g: torch.empty_like(net.parameter(g)) for g in wanted
-                 if g.role is not Role.RANK}
-        rows = next((grads[g] for g in wanted if g.role is Role.ROWS), None)
-        readout = next((grads[g] for g in wanted if g.role is Role.READOUT), None)
-        need_rank = any(g.role is Role.RANK for g in wanted)
-        rank = x.new_zeros(x.shape[0], layer.k) if need_rank else None
+        layer, a = net.only_layer("the blocked step"), net.a
+        # One hidden layer has at most one trained group per role.
+        want = {g.role: g for g, need in zip(ctx.groups, ctx.needs_input_grad[4:]) if need}
+        rows = torch.empty_like(net.parameter(want[Role.ROWS])) if Role.ROWS in want else None
+        readout = torch.empty_like(a) if Role.READOUT in want else None
+        rank = x.new_zeros(x.shape[0], layer.k) if Role.RANK in want else None
         e = (grad_out / math.sqrt(net.m))[:, None]
         buf = _block_buffer(x, blocks)
         for i0, i1 in blocks:
@@ -72,15 +69,14 @@ class _BlockedOutput(torch.autograd.Function):
                 rows[i0:i1] *= a[i0:i1, None]
             if rank is not None:
                 rank += layer.to_rank(me.mul_(a[i0:i1]), i0, i1)
-        for g in wanted:
-            if g.role is Role.RANK:
-                grads[g] = rank.T @ x
-        return None, None, None, None, *(grads.get(g) for g in ctx.groups)
+        grads = {Role.ROWS: rows, Role.READOUT: readout,
+                 Role.RANK: None if rank is None else rank.T @ x}  # G^T A: the factor V's
+        return None, None, None, None, *(grads[g.role] for g in ctx.groups)
 
 
 def blocked_output(net: Network, x: torch.Tensor, block: int | None = None) -> torch.Tensor:
     """f(X) of net's neurons, differentiable, computed neuron block by neuron block."""
     b = default_train_block(net, x.shape[0]) if block is None else block
     blocks = neuron_blocks(net, b, x.shape[0])
-    groups: tuple[Group, ...] = net.groups
+    groups = net.groups
     return _BlockedOutput.apply(x, net, groups, blocks, *(net.parameter(g) for g in groups))
