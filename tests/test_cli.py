@@ -51,11 +51,13 @@ def test_train_writes_the_run_folder(tmp_path):
 
 
 def test_overrides_and_gram(tmp_path):
+    from fntk_dist.gram import load_gram
+
     out = tmp_path / "gram"
     argv = ["gram", str(write_config(tmp_path, SMALL)), "model.mode=dense", "model.k=null",
             "model.sketch=null", "--out", str(out), "--quiet"]
     assert main(argv) == 0
-    h = np.load(out / "gram.npy")
+    h = load_gram(out)
     summary = json.loads((out / "summary.json").read_text())
     assert h.shape == (24, 24) and summary["n"] == 24 and summary["mode"] == "dense"
     assert summary["lambda_min"] == pytest.approx(np.linalg.eigvalsh(h)[0])

@@ -1,8 +1,9 @@
-"""The Gram on a real local Ray cluster against the single-process closed form."""
+"""The Gram job on a real local Ray cluster and in one process, against the closed form."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,9 +13,11 @@ from fntk_dist import empirical_ntk
 from fntk_dist.cli.main import main
 from fntk_dist.config import build_config
 from fntk_dist.data import load_dataset
-from fntk_dist.dist import load_gram
-from fntk_dist.dist.cluster import connect, shutdown
-from fntk_dist.dist.gram_job import run_gram_distributed
+from fntk_dist.distributed.cluster import connect, shutdown
+from fntk_dist.distributed.gram_actors import placement
+from fntk_dist.errors import ConfigError
+from fntk_dist.gram import TileStore, iter_tiles, load_gram
+from fntk_dist.gram.job import run_gram_job
 
 MODELS = {
     "dense": {"mode": "dense", "m": 300},
@@ -24,11 +27,12 @@ MODELS = {
 }
 
 
-def config(model: dict, **dist):
+def config(model: dict, workers: int | None = 2, **gram):
     return build_config({
         "model": {"dtype": "float64", **model},
         "data": {"source": "sphere", "n": 37, "d": 10},
-        "dist": {"workers": 2, "tile": 10, **dist},
+        "dist": {"workers": workers},
+        "gram": {"tile": 10, **gram},
         "tracking": {"wandb": False},
     }, source="test")
 
@@ -49,10 +53,10 @@ def ray_cluster():
 @pytest.mark.parametrize("mode", MODELS)
 def test_any_worker_count_gives_the_single_process_gram(ray_cluster, tmp_path, mode):
     ref = None
-    for workers in (1, 2, 4):
+    for workers in (None, 1, 2, 4):  # None: in this process
         cfg = config(MODELS[mode], workers=workers)
         ref = reference(cfg) if ref is None else ref
-        summary = run_gram_distributed(cfg, tmp_path / f"w{workers}", progress=False)
+        summary = run_gram_job(cfg, tmp_path / f"w{workers}", progress=False)
         h = load_gram(tmp_path / f"w{workers}")
         assert np.abs(h - ref).max() <= 1e-10 * np.abs(ref).max()
         assert summary["tiles"] == 10 and summary["tiles_computed"] == 10
@@ -62,21 +66,99 @@ def test_any_worker_count_gives_the_single_process_gram(ray_cluster, tmp_path, m
 def test_rerun_resumes_and_recomputes_a_corrupt_tile(ray_cluster, tmp_path):
     cfg = config(MODELS["sketch_out"])
     out = tmp_path / "g"
-    run_gram_distributed(cfg, out, progress=False)
-    again = run_gram_distributed(cfg, out, progress=False)
+    run_gram_job(cfg, out, progress=False)
+    again = run_gram_job(cfg, out, progress=False)
     assert again["tiles_computed"] == 0 and again["tiles_resumed"] == 10
-    tile = next((out / "tiles").glob("t_1_2.arrow"))
-    raw = bytearray(tile.read_bytes())
-    raw[-40] ^= 0xFF
-    tile.write_bytes(bytes(raw))
-    fixed = run_gram_distributed(cfg, out, progress=False)
+    flip_a_byte(out / "tiles" / "t_1_2.arrow")
+    fixed = run_gram_job(cfg, out, progress=False)
     assert fixed["tiles_computed"] == 1
     assert np.abs(load_gram(out) - reference(cfg)).max() <= 1e-10
 
 
+def flip_a_byte(f: Path) -> None:
+    raw = bytearray(f.read_bytes())
+    raw[-40] ^= 0xFF
+    f.write_bytes(bytes(raw))
+
+
+def test_local_and_ray_executors_write_the_same_store_and_summary(ray_cluster, tmp_path):
+    cfg = config(MODELS["sketch_in"], workers=None)
+    local = run_gram_job(cfg, tmp_path / "local", progress=False)
+    on_ray = run_gram_job(config(MODELS["sketch_in"]), tmp_path / "ray", progress=False)
+    here, there = list(iter_tiles(tmp_path / "local")), list(iter_tiles(tmp_path / "ray"))
+    assert [t[:2] for t in here] == [t[:2] for t in there] and len(here) == 10
+    for (_, _, a), (_, _, b) in zip(here, there):
+        assert np.abs(a - b).max() <= 1e-10 * np.abs(a).max()
+    assert local.keys() == on_ray.keys()
+    assert local["workers"] == 1 and local["shard_nodes"] == [] and local["device"] == "cpu"
+    assert on_ray["workers"] == 2 and on_ray["shard_nodes"] == ["127.0.0.1"]
+    for s in (local, on_ray):  # sketch_in: the analytic kernel applies, in both
+        assert s["lambda_inf"] > 0 and 0 < s["gram_rel_err_inf"] < 1
+        assert s["tiles_computed"] == 10 and s["tiles_per_s"] > 0 and s["gflops"] > 0
+        assert s["worker_peak_rss_bytes"] >= s["worker_base_rss_bytes"] > 0
+    assert local["gram_rel_err_inf"] == pytest.approx(on_ray["gram_rel_err_inf"], rel=1e-8)
+    # Either executor resumes the other's store: the key is the net, data and tiling.
+    flip_a_byte(tmp_path / "ray" / "tiles" / "t_0_3.arrow")
+    resumed = run_gram_job(cfg, tmp_path / "ray", progress=False)
+    assert resumed["tiles_computed"] == 1 and resumed["tiles_resumed"] == 9
+    np.testing.assert_allclose(load_gram(tmp_path / "ray"), reference(cfg), rtol=0, atol=1e-10)
+
+
+def test_a_resumed_summary_reports_the_whole_runs_rates(tmp_path):
+    cfg = config(MODELS["dense"], workers=None)
+    out = tmp_path / "g"
+    first = run_gram_job(cfg, out, progress=False)
+    again = run_gram_job(cfg, out, progress=False)
+    assert again["tiles_computed"] == 0 and again["tiles_resumed"] == 10
+    for key in ("tile_seconds", "tiles_per_s", "gflops"):  # from the tiles' manifest entries
+        assert again[key] == pytest.approx(first[key], rel=1e-12) and again[key] > 0
+    flip_a_byte(out / "tiles" / "t_2_3.arrow")
+    fixed = run_gram_job(cfg, out, progress=False)
+    assert fixed["tiles_computed"] == 1
+    tiles, seconds, _ = TileStore.open(out).work()
+    assert tiles == 10 and fixed["tile_seconds"] == pytest.approx(seconds)
+    assert fixed["tiles_per_s"] == pytest.approx(10 / seconds)
+
+
+def test_ray_actors_honour_gram_device(ray_cluster, tmp_path):
+    import ray
+
+    gpus = ray.cluster_resources().get("GPU", 0)
+    cpu = run_gram_job(config(MODELS["dense"], device="cpu"), tmp_path / "cpu", progress=False)
+    assert cpu["device"] == "cpu"
+    auto = run_gram_job(config(MODELS["dense"], device="auto"), tmp_path / "auto",
+                        progress=False)
+    assert auto["device"] == ("cuda" if gpus >= 2 else "cpu")
+    if gpus < 2:
+        with pytest.raises(ConfigError, match="gram.device: cuda needs a GPU"):
+            run_gram_job(config(MODELS["dense"], device="cuda"), tmp_path / "cuda",
+                         progress=False)
+
+
+def test_placement_of_actors_by_gram_device():
+    one_gpu = {"CPU": 8.0, "GPU": 1.0}
+    assert placement("cpu", 2, one_gpu) == ("cpu", {"num_cpus": 1.0})
+    assert placement("cpu", 16, one_gpu) == ("cpu", {"num_cpus": 0.5})
+    assert placement("auto", 2, one_gpu) == ("cpu", {"num_cpus": 1.0})
+    assert placement("auto", 1, one_gpu) == ("cuda", {"num_gpus": 1})
+    assert placement("cuda", 1, one_gpu) == ("cuda", {"num_gpus": 1})
+    with pytest.raises(ConfigError, match="each of the 2 workers, but the Ray cluster has 1$"):
+        placement("cuda", 2, one_gpu)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_local_cuda_without_a_gpu_is_one_line_before_any_file(tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text(json.dumps(config(MODELS["dense"], workers=None).model_dump(mode="json")))
+    argv = ["gram", str(path), "gram.device=cuda", "--out", str(tmp_path / "g"), "--quiet"]
+    assert main(argv) == 2
+    assert "gram.device: cuda" in capsys.readouterr().err
+    assert not (tmp_path / "g").exists()
+
+
 def test_another_config_in_the_same_folder_is_refused(ray_cluster, tmp_path, capsys):
     cfg = config(MODELS["dense"])
-    run_gram_distributed(cfg, tmp_path / "g", progress=False)
+    run_gram_job(cfg, tmp_path / "g", progress=False)
     path = tmp_path / "c.yaml"
     path.write_text(json.dumps(cfg.model_dump(mode="json")))
     assert main(["gram", str(path), "model.seed=1", "--out", str(tmp_path / "g"), "--quiet"]) == 2
@@ -85,7 +167,7 @@ def test_another_config_in_the_same_folder_is_refused(ray_cluster, tmp_path, cap
 
 def test_iterative_spectrum_streams_tiles(ray_cluster, tmp_path):
     cfg = config(MODELS["dense"], assemble_max_n=10, eig_block=4)
-    s = run_gram_distributed(cfg, tmp_path / "g", progress=False)
+    s = run_gram_job(cfg, tmp_path / "g", progress=False)
     ev = np.linalg.eigvalsh(reference(cfg))
     assert s["spectrum_from"] == "block LOBPCG on tiles"
     assert s["lambda_min"] == pytest.approx(ev[0], rel=1e-5)
@@ -96,8 +178,10 @@ def test_iterative_spectrum_streams_tiles(ray_cluster, tmp_path):
 @pytest.mark.parametrize("args,needle", [
     (["--workers", "0"], "dist.workers"),
     (["--workers", "400"], "dist.workers: 400 workers but only m=300"),
-    (["--workers", "2", "--tile", "0"], "dist.tile"),
-    (["--workers", "2", "--tile", "38"], "dist.tile: 38 rows per tile exceeds the n=37"),
+    (["--workers", "2", "--tile", "0"], "gram.tile"),
+    (["--workers", "2", "--tile", "38"], "gram.tile: 38 rows per tile exceeds the n=37"),
+    (["--tile", "38"], "gram.tile: 38 rows per tile exceeds the n=37"),
+    (["gram.device=gpu"], "gram.device"),
 ])
 def test_bad_input(tmp_path, capsys, args, needle):
     path = tmp_path / "c.yaml"

@@ -15,7 +15,7 @@ from netns_cluster import skip_without_netns, two_host_cluster
 from fntk_dist import empirical_ntk
 from fntk_dist.config import build_config
 from fntk_dist.data import load_dataset
-from fntk_dist.dist import load_gram
+from fntk_dist.gram import load_gram
 
 pytestmark = [pytest.mark.slow, skip_without_netns]
 

@@ -15,8 +15,8 @@ import tempfile
 from pathlib import Path
 
 from fntk_dist.config import build_config
-from fntk_dist.dist.cluster import connect
-from fntk_dist.dist.gram_job import run_gram_distributed
+from fntk_dist.distributed.cluster import connect
+from fntk_dist.gram.job import run_gram_job
 
 
 def main() -> None:
@@ -33,11 +33,12 @@ def main() -> None:
         cfg = build_config({
             "model": {"mode": args.mode, "m": args.m, "dtype": "float32"},
             "data": {"source": "sphere", "n": args.n, "d": args.d},
-            "dist": {"workers": workers, "tile": args.tile},
+            "dist": {"workers": workers},
+            "gram": {"tile": args.tile, "device": "cpu"},
             "tracking": {"wandb": False},
         }, source="bench")
         with tempfile.TemporaryDirectory() as tmp:
-            results[workers] = run_gram_distributed(cfg, Path(tmp) / "g", progress=False)
+            results[workers] = run_gram_job(cfg, Path(tmp) / "g", progress=False)
     print(f"n={args.n} m={args.m} d={args.d} tile={args.tile} {args.mode} float32")
     for w, s in results.items():
         shard_bytes = 4 * (args.m // w) * args.d

@@ -1,0 +1,112 @@
+"""The Gram on Ray: width-shard actors, and the executor that keeps them fed with tiles.
+
+Each GramShard owns a neuron range and rebuilds it from the seed (no weights travel); the
+points travel once, through the object store. RayExecutor keeps gram.in_flight tiles submitted
+ahead of the one the job is finishing. Actors have unlimited restarts and task retries: Ray
+rebuilds a killed shard and computes its tiles in flight again.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+import ray
+import torch
+
+from ..config import RunConfig
+from ..errors import ConfigError
+from ..gram.executor import Span, peak_rss_bytes, rss_bytes, span_partial
+from ..models.config import ModelConfig
+from ..ntk import GramPartial
+from .cluster import connect
+from .parallelize import shard_ranges
+
+
+@ray.remote
+class GramShard:
+    """Neurons [lo, hi) of the net on `device`, answering partial tiles."""
+
+    def __init__(self, model: dict, d: int, neurons: tuple[int, int], x: np.ndarray,
+                 block: int | None, device: str) -> None:
+        self.base_rss = rss_bytes()  # the Python + torch process before any of our data
+        self.net = ModelConfig(**model).build(d, device=device, neurons=neurons)
+        self.x = torch.tensor(x, device=device)  # a copy: the object store's array is read-only
+        self.block = block
+
+    def partial(self, span: Span) -> GramPartial:
+        """The shard's partial for one tile, on the CPU (it travels to the driver whole)."""
+        return span_partial(self.net, self.x, span, self.block)
+
+    def where(self) -> tuple[int, str]:
+        """(pid, node IP): for tests and logs."""
+        return os.getpid(), ray.util.get_node_ip_address()
+
+    def memory(self) -> tuple[int, int]:
+        """(peak resident bytes, resident bytes before the shard was built)."""
+        return peak_rss_bytes(), self.base_rss
+
+
+def placement(device: str, workers: int, resources: dict) -> tuple[str, dict]:
+    """(device of each actor, its Ray resource request) for gram.device on this cluster.
+
+    cpu: a share of the CPUs even on a GPU cluster; cuda: a GPU per actor, which the cluster
+    must have; auto: a GPU per actor when there are enough, else CPUs.
+    """
+    gpus = resources.get("GPU", 0)
+    if device == "cuda" and gpus < workers:
+        raise ConfigError(f"gram.device: cuda needs a GPU for each of the {workers} workers, "
+                          f"but the Ray cluster has {gpus:g}")
+    if device == "cuda" or (device == "auto" and gpus >= workers):
+        return "cuda", {"num_gpus": 1}
+    return "cpu", {"num_cpus": min(1.0, resources.get("CPU", 1) / workers)}
+
+
+class RayExecutor:
+    """`workers` GramShard actors over the net's width, on the cluster of dist.address (else
+    RAY_ADDRESS, else an embedded one)."""
+
+    def __init__(self, cfg: RunConfig, workers: int, x: torch.Tensor) -> None:
+        connect(cfg.dist.address, cfg.dist.connect_timeout_s, min_cpus=workers)
+        self.device, request = placement(cfg.gram.device, workers, ray.cluster_resources())
+        self.in_flight = cfg.gram.in_flight
+        options = dict(max_restarts=-1, max_task_retries=-1, scheduling_strategy="SPREAD",
+                       **request)
+        # Held for the whole job: Ray re-runs a restarted shard's constructor with it.
+        self.x_ref = ray.put(x.numpy())
+        model = cfg.model.model_dump(mode="json")
+        self.shards = [
+            GramShard.options(**options).remote(model, x.shape[1], neurons, self.x_ref,
+                                                cfg.gram.block, self.device)
+            for neurons in shard_ranges(cfg.model.m, workers)
+        ]
+        # Waits until every shard is built, so the job times tile work alone.
+        self.nodes = sorted({ip for _, ip in ray.get([s.where.remote() for s in self.shards])})
+
+    def partials(self, spans: Iterable[Span]) -> Iterator[list[GramPartial]]:
+        pending = iter(spans)
+        queue: deque = deque()
+
+        def submit() -> None:
+            span = next(pending, None)
+            if span is not None:
+                queue.append([s.partial.remote(span) for s in self.shards])
+
+        for _ in range(self.in_flight + 1):
+            submit()
+        while queue:
+            refs = queue.popleft()
+            submit()
+            yield ray.get(refs)
+
+    def info(self) -> dict:
+        memory = ray.get([s.memory.remote() for s in self.shards])
+        return {"device": self.device, "shard_nodes": self.nodes,
+                "worker_peak_rss_bytes": max(m[0] for m in memory),
+                "worker_base_rss_bytes": max(m[1] for m in memory)}
+
+    def close(self) -> None:
+        for s in self.shards:
+            ray.kill(s)

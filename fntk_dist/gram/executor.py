@@ -1,0 +1,86 @@
+"""Where a Gram job's tiles are computed: the executor interface and the local executor.
+
+An executor answers, for each tile's span (rows, cols), the GramPartials of its shards, on the
+CPU: their neuron ranges cover all m neurons. The job sums them, finishes and stores the tiles
+(fntk_dist.gram.tiles), whatever the executor. The local executor is one shard, the whole net
+in this process; the Ray one (fntk_dist.distributed.gram_actors) has a width-shard actor each.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import resource
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Protocol
+
+import torch
+
+from ..ntk import GramPartial, gram_partial
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
+    from ..models.net import TwoLayerNet
+
+Span = tuple[tuple[int, int], tuple[int, int]]  # a tile's rows [r0, r1) and cols [c0, c1)
+
+
+class TileExecutor(Protocol):
+    def partials(self, spans: Iterable[Span]) -> Iterator[list[GramPartial]]:
+        """Each span's partials, one per shard, on the CPU, in the order given."""
+
+    def info(self) -> dict:
+        """The summary keys device, shard_nodes, worker_peak_rss_bytes, worker_base_rss_bytes."""
+
+    def close(self) -> None:
+        """Releases the workers."""
+
+
+def on_cpu(part: GramPartial) -> GramPartial:
+    """The partial with its tensors on the CPU (where the job finishes tiles)."""
+    if hasattr(part, "cpu"):
+        return part.cpu()
+    # Until GramPartial.cpu() lands with the numerical core's reshape: its tensors, moved.
+    fields = (getattr(part, f.name) for f in dataclasses.fields(part))
+    return type(part)(*(None if t is None else t.cpu() for t in fields))
+
+
+def span_partial(net: TwoLayerNet, x: torch.Tensor, span: Span, block: int | None) -> GramPartial:
+    """The partial of net's neurons for one tile of the points x (on the net's device)."""
+    (r0, r1), (c0, c1) = span
+    x2 = None if (r0, r1) == (c0, c1) else x[c0:c1]  # a diagonal tile: the symmetric path
+    return on_cpu(gram_partial(net, x[r0:r1], x2, block))
+
+
+def rss_bytes() -> int:
+    """This process's resident memory now."""
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory so far."""
+    # The kernel updates its high-water mark lazily: it may lag the resident memory now.
+    return max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, rss_bytes())
+
+
+class LocalExecutor:
+    """The whole net in this process, on `device` (gram.device, resolved)."""
+
+    def __init__(self, cfg: RunConfig, x: torch.Tensor, device: torch.device) -> None:
+        self.base_rss = rss_bytes()  # before the net: what the tiles' work adds is above it
+        self.device = device
+        self.net = cfg.model.build(x.shape[1], device=device)
+        self.x = x.to(device)
+        self.block = cfg.gram.block
+
+    def partials(self, spans: Iterable[Span]) -> Iterator[list[GramPartial]]:
+        for span in spans:
+            yield [span_partial(self.net, self.x, span, self.block)]
+
+    def info(self) -> dict:
+        return {"device": str(self.device), "shard_nodes": [],
+                "worker_peak_rss_bytes": peak_rss_bytes(), "worker_base_rss_bytes": self.base_rss}
+
+    def close(self) -> None:
+        """Nothing to release: the net goes with this object."""

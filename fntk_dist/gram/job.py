@@ -1,0 +1,100 @@
+"""`fntk gram`: a net's NTK Gram over a data set, tile by tile, into a resumable tile store.
+
+The config is checked (fntk_dist.checks) before any file is written or worker started. The
+store's identity is the net, the data and the tiling, not where tiles are computed: this
+process (LocalExecutor) and Ray actors (RayExecutor, with dist.workers or dist.address) write
+the same tiles and the same summary, and either resumes the other's store. A killed job loses
+at most its tiles in flight; the same command resumes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from ..atomic import write_text
+from ..checks import GramPlan, check_gram
+from ..config import RunConfig, dump_config
+from ..data import load_dataset
+from ..runtime import as_dtype, resolve_device
+from ..track import make_tracker
+from .executor import LocalExecutor, TileExecutor
+from .summary import cost_report, spectrum_report
+from .tile_store import TileStore
+from .tiles import write_tiles
+
+
+def gram_hash(cfg: RunConfig, n: int, tile: int) -> str:
+    """What determines the tiles: the net, the data and the tiling (not the workers)."""
+    key = {"model": cfg.model.model_dump(mode="json"), "data": cfg.data.model_dump(mode="json"),
+           "n": n, "tile": tile}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+def _executor(cfg: RunConfig, plan: GramPlan, x: torch.Tensor,
+              device: torch.device | None) -> TileExecutor:
+    if plan.distributed:
+        from ..distributed.gram_actors import RayExecutor  # Ray only for jobs that use it
+
+        return RayExecutor(cfg, plan.workers, x)
+    return LocalExecutor(cfg, x, device)
+
+
+def run_gram_job(cfg: RunConfig, out_dir: Path, progress: bool = True) -> dict:
+    """Computes the tiles cfg's store lacks, then its spectrum; writes the run folder (tile
+    store, config.yaml, metrics, summary.json) and returns the summary."""
+    data = load_dataset(cfg.data)
+    n, d = data.n, data.d
+    plan = check_gram(cfg, n, d)
+    # Ray actors resolve gram.device against the cluster; this process, here, before any file.
+    device = None if plan.distributed else resolve_device(cfg.gram.device, "gram.device")
+    x = torch.as_tensor(data.x, dtype=as_dtype(cfg.model.dtype))
+    finisher = cfg.model.build(d, neurons=(0, 1))  # features and scale only: no neuron rows
+    out_dir = Path(out_dir)
+    store = TileStore.create_or_open(
+        out_dir, config_hash=gram_hash(cfg, n, plan.tile), n=n, tile=plan.tile,
+        dtype=cfg.model.dtype, meta={"mode": cfg.model.mode, "m": cfg.model.m, "k": cfg.model.k},
+    )
+    write_text(out_dir / "config.yaml", dump_config(cfg))
+    todo = store.missing()
+    resumed = len(store.all_tiles()) - len(todo)
+    if todo:  # an earlier summary no longer describes the store until the tiles are back
+        (out_dir / "summary.json").unlink(missing_ok=True)
+    tracker = make_tracker(cfg.tracking, out_dir, cfg.name or out_dir.name,
+                           cfg.model_dump(mode="json"))
+    # Nothing computed by this run: nothing ran anywhere to report on.
+    info = {"device": None, "shard_nodes": [], "worker_peak_rss_bytes": None,
+            "worker_base_rss_bytes": None}
+    t0 = time.perf_counter()
+    try:
+        if todo:
+            workers = f"{plan.workers} worker" + "s" * (plan.workers > 1)
+            with contextlib.closing(_executor(cfg, plan, x, device)) as executor, \
+                    tqdm(total=len(todo), desc=f"gram tiles (n={n}, {workers})", unit="tile",
+                         disable=not progress, mininterval=1.0) as bar:
+                write_tiles(store, executor, finisher, x, todo, tracker, bar)
+                info = executor.info()
+            store.compact()
+        seconds = time.perf_counter() - t0
+        spectral = spectrum_report(store, finisher, x, cfg.gram)
+    except BaseException:
+        tracker.abort()
+        raise
+    summary = {
+        "n": n, "d": d, "m": cfg.model.m, "mode": cfg.model.mode, "k": cfg.model.k,
+        "sketch": finisher.sketch, "train_output": cfg.model.train_output,
+        "dtype": cfg.model.dtype, "device": info["device"], "workers": plan.workers,
+        "shard_nodes": info["shard_nodes"], "tile": plan.tile, "tiles": len(store.all_tiles()),
+        "tiles_computed": len(todo), "tiles_resumed": resumed, **spectral,
+        "seconds": seconds, **cost_report(store), "disk_bytes": store.disk_bytes(),
+        "worker_peak_rss_bytes": info["worker_peak_rss_bytes"],
+        "worker_base_rss_bytes": info["worker_base_rss_bytes"],
+    }
+    tracker.finish(summary)
+    return summary
