@@ -73,13 +73,13 @@ def check_train(cfg: RunConfig, n: int, d: int) -> TrainPlan:
     """The layout of `fntk train` for n training points of dimension d; ConfigError for a
     broken rule."""
     tc, ds = cfg.train, cfg.deepspeed
-    check_model(cfg, d)
     if tc.lr is None and n > tc.gram_max_n:
         raise ConfigError(f"train.lr: required when n={n} > train.gram_max_n={tc.gram_max_n} "
                           "(the step size is otherwise read off the n x n Gram)")
     if tc.batch_size is not None and tc.batch_size > n:
         raise ConfigError(f"train.batch_size: {tc.batch_size} exceeds the {n} training points")
     batch = batch_size(cfg, n)
+    check_model(cfg, d)
     if not distributed(cfg):
         return TrainPlan(False, 1, 1, batch)
     width, data = _mesh(cfg)

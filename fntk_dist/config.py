@@ -21,7 +21,7 @@ from .track.config import TrackingConfig
 from .train.config import TrainConfig
 
 __all__ = ["ConfigError", "RunConfig", "build_config", "dump_config", "load_config",
-           "parse_override"]
+           "parse_override", "read_yaml_mapping"]
 
 
 class RunConfig(BaseModel):
@@ -84,11 +84,11 @@ def build_config(raw: dict, overrides: list[str] = (), source: str = "config") -
         raise ConfigError(_format(err, source)) from None
 
 
-def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
-    """Read a YAML config file, apply overrides, validate."""
-    path = Path(path)
+def read_yaml_mapping(path: Path, kind: str, top: str) -> dict:
+    """The mapping a YAML file holds; ConfigError naming the file otherwise. kind: what the
+    file is ('config', 'sweep'); top: what its top level should hold, for the message."""
     if not path.is_file():
-        raise ConfigError(f"{path}: no such config file")
+        raise ConfigError(f"{path}: no such {kind} file")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except (OSError, UnicodeDecodeError) as exc:
@@ -98,7 +98,14 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
         where = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}: not valid YAML{where}") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+        raise ConfigError(f"{path}: expected a mapping of {top} at the top level")
+    return raw
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
+    """Read a YAML config file, apply overrides, validate."""
+    path = Path(path)
+    raw = read_yaml_mapping(path, "config", "sections")
     cfg = build_config(raw, overrides, str(path))
     return cfg if cfg.name else cfg.model_copy(update={"name": path.stem})
 

@@ -21,10 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ..config import ConfigError, RunConfig, parse_override
+from ..config import ConfigError, RunConfig, parse_override, read_yaml_mapping
 from ..data import load_dataset
 from ..errors import UserError
 
@@ -165,16 +164,7 @@ def _check_data(distinct: dict, source: str) -> None:
 def load_sweep(path: str | Path, overrides: list[str] = ()) -> tuple[SweepConfig, list[Trial]]:
     """Read and validate a sweep file (overrides apply to its base); returns it and its trials."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such sweep file")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read ({exc})") from None
-    except yaml.YAMLError:
-        raise ConfigError(f"{path}: not valid YAML") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping (name, base, grid) at the top level")
+    raw = read_yaml_mapping(path, "sweep", "name, base and grid")
     try:
         sweep = SweepConfig.model_validate(raw)
     except ValidationError as err:

@@ -30,8 +30,10 @@ def _prepare_folder(out_dir: Path, cfg: RunConfig, resume: bool, has_checkpoint:
                           "or choose another folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text(out_dir / "config.yaml", dump_config(cfg))
+    # A fresh start gets a fresh W&B id even in a used folder (a run killed before its first
+    # checkpoint): W&B's service may still hold the old id's stream. A resumed run keeps it.
     id_file = out_dir / "wandb_run_id"
-    if not id_file.exists():
+    if not resume or not id_file.exists():
         write_text(id_file, secrets.token_hex(8))
     return id_file.read_text().strip()
 
