@@ -8,7 +8,6 @@ in this process; the Ray one (fntk_dist.distributed.gram_actors) has a width-sha
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import resource
 from collections.abc import Iterable, Iterator
@@ -36,20 +35,12 @@ class TileExecutor(Protocol):
         """Releases the workers."""
 
 
-def on_cpu(part: GramPartial) -> GramPartial:
-    """The partial with its tensors on the CPU (where the job finishes tiles)."""
-    if hasattr(part, "cpu"):
-        return part.cpu()
-    # Until GramPartial.cpu() lands with the numerical core's reshape: its tensors, moved.
-    fields = (getattr(part, f.name) for f in dataclasses.fields(part))
-    return type(part)(*(None if t is None else t.cpu() for t in fields))
-
-
 def span_partial(net: TwoLayerNet, x: torch.Tensor, span: Span, block: int | None) -> GramPartial:
-    """The partial of net's neurons for one tile of the points x (on the net's device)."""
+    """The partial of net's neurons for one tile of the points x (on the net's device), on the
+    CPU, where the job finishes tiles."""
     (r0, r1), (c0, c1) = span
     x2 = None if (r0, r1) == (c0, c1) else x[c0:c1]  # a diagonal tile: the symmetric path
-    return on_cpu(gram_partial(net, x[r0:r1], x2, block))
+    return gram_partial(net, x[r0:r1], x2, block).cpu()
 
 
 def rss_bytes() -> int:
