@@ -18,6 +18,7 @@ from fntk_dist.distributed.gram_actors import placement
 from fntk_dist.errors import ConfigError
 from fntk_dist.gram import TileStore, iter_tiles, load_gram
 from fntk_dist.gram.job import run_gram_job
+from fntk_dist.gram.tile_store import JOURNAL
 
 MODELS = {
     "dense": {"mode": "dense", "m": 300},
@@ -108,6 +109,7 @@ def test_a_resumed_summary_reports_the_whole_runs_rates(tmp_path):
     cfg = config(MODELS["dense"], workers=None)
     out = tmp_path / "g"
     first = run_gram_job(cfg, out, progress=False)
+    assert not (out / JOURNAL).exists()  # the job folded its journal into manifest.json
     again = run_gram_job(cfg, out, progress=False)
     assert again["tiles_computed"] == 0 and again["tiles_resumed"] == 10
     for key in ("tile_seconds", "tiles_per_s", "gflops"):  # from the tiles' manifest entries
