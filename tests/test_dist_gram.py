@@ -211,3 +211,4 @@ def test_out_that_is_a_file_and_silent_address(tmp_path, capsys):
     assert main(argv) == 2
     assert time.monotonic() - t0 < 30
     assert f"no Ray cluster answers at 127.0.0.1:{port}" in capsys.readouterr().err
+    assert not (tmp_path / "g").exists()  # refused before anything was written

@@ -64,13 +64,20 @@ def placement(device: str, workers: int, resources: dict) -> tuple[str, dict]:
     return "cpu", {"num_cpus": min(1.0, resources.get("CPU", 1) / workers)}
 
 
-class RayExecutor:
-    """`workers` GramShard actors over the net's width, on the cluster of dist.address (else
-    RAY_ADDRESS, else an embedded one)."""
+def connect_for_gram(cfg: RunConfig, workers: int) -> tuple[str, dict]:
+    """Join the cluster of dist.address (else RAY_ADDRESS, else an embedded one) and place the
+    actors on it: called before the job writes anything, so a bad address or device leaves no
+    half-made folder."""
+    connect(cfg.dist.address, cfg.dist.connect_timeout_s, min_cpus=workers)
+    return placement(cfg.gram.device, workers, ray.cluster_resources())
 
-    def __init__(self, cfg: RunConfig, workers: int, x: torch.Tensor) -> None:
-        connect(cfg.dist.address, cfg.dist.connect_timeout_s, min_cpus=workers)
-        self.device, request = placement(cfg.gram.device, workers, ray.cluster_resources())
+
+class RayExecutor:
+    """`workers` GramShard actors over the net's width, placed by connect_for_gram."""
+
+    def __init__(self, cfg: RunConfig, workers: int, x: torch.Tensor,
+                 placed: tuple[str, dict]) -> None:
+        self.device, request = placed
         self.in_flight = cfg.gram.in_flight
         options = dict(max_restarts=-1, max_task_retries=-1, scheduling_strategy="SPREAD",
                        **request)

@@ -37,12 +37,12 @@ def gram_hash(cfg: RunConfig, n: int, tile: int) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
-def _executor(cfg: RunConfig, plan: GramPlan, x: torch.Tensor,
-              device: torch.device | None) -> TileExecutor:
+def _executor(cfg: RunConfig, plan: GramPlan, x: torch.Tensor, device: torch.device | None,
+              placed: tuple[str, dict] | None) -> TileExecutor:
     if plan.distributed:
-        from ..distributed.gram_actors import RayExecutor  # Ray only for jobs that use it
+        from ..distributed.gram_actors import RayExecutor
 
-        return RayExecutor(cfg, plan.workers, x)
+        return RayExecutor(cfg, plan.workers, x, placed)
     return LocalExecutor(cfg, x, device)
 
 
@@ -52,8 +52,15 @@ def run_gram_job(cfg: RunConfig, out_dir: Path, progress: bool = True) -> dict:
     data = load_dataset(cfg.data)
     n, d = data.n, data.d
     plan = check_gram(cfg, n, d)
-    # Ray actors resolve gram.device against the cluster; this process, here, before any file.
-    device = None if plan.distributed else resolve_device(cfg.gram.device, "gram.device")
+    # gram.device: Ray actors are placed on the cluster, this process resolves it; both here,
+    # before any file is written.
+    device, placed = None, None
+    if plan.distributed:
+        from ..distributed.gram_actors import connect_for_gram  # Ray only for jobs that use it
+
+        placed = connect_for_gram(cfg, plan.workers)
+    else:
+        device = resolve_device(cfg.gram.device, "gram.device")
     x = torch.as_tensor(data.x, dtype=as_dtype(cfg.model.dtype))
     finisher = cfg.model.build(d, neurons=(0, 1))  # features and scale only: no neuron rows
     out_dir = Path(out_dir)
@@ -75,7 +82,7 @@ def run_gram_job(cfg: RunConfig, out_dir: Path, progress: bool = True) -> dict:
     try:
         if todo:
             workers = f"{plan.workers} worker" + "s" * (plan.workers > 1)
-            with contextlib.closing(_executor(cfg, plan, x, device)) as executor, \
+            with contextlib.closing(_executor(cfg, plan, x, device, placed)) as executor, \
                     tqdm(total=len(todo), desc=f"gram tiles (n={n}, {workers})", unit="tile",
                          disable=not progress, mininterval=1.0) as bar:
                 write_tiles(store, executor, finisher, x, todo, tracker, bar)
