@@ -87,6 +87,8 @@ class Layer(nn.Module):
         self.seed, self.index, self.lo, self.hi = seed, index, lo, hi
         self.W = self.U = self.V = None
         self.in_sketch = self.out_sketch = None
+        self.factors = {"dense": ("W",), "sketch_in": ("U",), "sketch_out": ("V",),
+                        "lowrank": ("U", "V")}[mode]  # the parameters it has
         if mode == "dense":
             self.W = nn.Parameter(normal_rows(seed, stream(index, "W"), lo, hi, d).to(dt))
         if mode in ("sketch_in", "lowrank"):
@@ -107,13 +109,13 @@ class Layer(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.parameters()).dtype
+        return getattr(self, self.factors[0]).dtype
 
     @property
     def groups(self) -> tuple[Group, ...]:
         """The trained parameter groups (those with requires_grad), in the order W, U, V."""
-        return tuple(Group(self.index, n, _ROLES[n]) for n in ("W", "U", "V")
-                     if getattr(self, n) is not None and getattr(self, n).requires_grad)
+        return tuple(Group(self.index, n, _ROLES[n]) for n in self.factors
+                     if getattr(self, n).requires_grad)
 
     def cost(self) -> NetCost:
         """Per-point cost of the whole layer (all m neurons)."""

@@ -39,6 +39,11 @@ class Network(nn.Module):
             raise ValueError(f"dtype: layers differ ({[layer.dtype for layer in layers]})")
         last = layers[-1]
         self.train_output, self.seed = train_output, seed
+        # Fixed for the net's life, and read in every kernel's inner loop: plain attributes,
+        # not lookups through the ModuleList. m is the readout's width (its 1/sqrt(m)), and
+        # [lo, hi) the last layer's neurons held here.
+        self.d, self.m, self.lo, self.hi = layers[0].d, last.m, last.lo, last.hi
+        self.depth = len(layers)  # hidden layers L
         # a first: parameters() and state_dict() list the readout, then the layers.
         self.a = nn.Parameter(sign_rows(seed, "a", last.lo, last.hi).to(last.dtype),
                               requires_grad=train_output)
@@ -47,32 +52,9 @@ class Network(nn.Module):
 
     # -- what the network is -------------------------------------------------------------
     @property
-    def depth(self) -> int:
-        """Hidden layers L."""
-        return len(self.layers)
-
-    @property
-    def d(self) -> int:
-        """Input dimension."""
-        return self.layers[0].d
-
-    @property
-    def m(self) -> int:
-        """Width of the last hidden layer (the readout's 1/sqrt(m))."""
-        return self.layers[-1].m
-
-    @property
-    def lo(self) -> int:
-        return self.layers[-1].lo
-
-    @property
-    def hi(self) -> int:
-        return self.layers[-1].hi
-
-    @property
     def m_local(self) -> int:
         """Neurons of the last layer held here (hi - lo)."""
-        return self.layers[-1].m_local
+        return self.hi - self.lo
 
     @property
     def dtype(self) -> torch.dtype:

@@ -13,10 +13,10 @@ from collections.abc import Callable
 import torch
 
 from ..models.blocks import neuron_blocks
-from ..models.groups import Group, Role
+from ..models.groups import Group
 from ..models.network import Network
 from ..models.validation import prepare_inputs
-from .gram_terms import Block, accumulators, finish_term
+from .gram_terms import Block, finish_term, running_sums
 from .partial import GramPartial
 
 
@@ -34,7 +34,7 @@ def gram_partial(
     x2 = x1 if sym else prepare_inputs(x2, net.d, net.dtype, net.device, "X2")
     with torch.no_grad():
         a = net.a.detach()
-        sums = accumulators(net.groups, layer, a, x1.shape[0], x2.shape[0], sym)
+        sums = running_sums(net.groups, layer, a, x1.shape[0], x2.shape[0], sym)
         f1 = layer.features(x1)
         f2 = f1 if sym else layer.features(x2)
         blocks = neuron_blocks(net, block, x1.shape[0] + x2.shape[0])
@@ -42,7 +42,7 @@ def gram_partial(
             p1 = layer.preact(f1, i0, i1)
             b = Block(i0, i1, p1, p1 if sym else layer.preact(f2, i0, i1), a[i0:i1])
             for s in sums:
-                s.add(b, layer)
+                s.add(b)
             if on_block is not None:
                 on_block(done, len(blocks))
         return GramPartial(tuple(s.result() for s in sums))
@@ -60,14 +60,9 @@ def finish_gram(
     x1 = prepare_inputs(x1, net.d, net.dtype, net.device, "X")
     x2 = x1 if x2 is None else prepare_inputs(x2, net.d, net.dtype, net.device, "X2")
     with torch.no_grad():
-        feats = None
         h = torch.zeros(x1.shape[0], x2.shape[0], dtype=net.dtype, device=net.device)
         for term in part.terms:
-            role = groups[term.key].role
-            if feats is None and role is Role.ROWS:
-                f1 = layer.features(x1)
-                feats = (f1, f1 if x2 is x1 else layer.features(x2))
-            h += finish_term(term, role, layer, x1, x2, feats)
+            h += finish_term(term, groups[term.key].role, layer, x1, x2)
         return h / net.m
 
 

@@ -47,7 +47,7 @@ class _RowsSum:
         self.total = torch.zeros(n1, n2, dtype=F64, device=device)
         self.count = torch.zeros(n1, n2, dtype=torch.float32, device=device) if counts else None
 
-    def add(self, b: Block, layer: Layer) -> None:
+    def add(self, b: Block) -> None:
         sym = b.p2 is b.p1
         if not self.counts:
             d1 = (b.p1 > 0).to(b.p1.dtype) * b.a
@@ -72,15 +72,16 @@ class _RowsSum:
 class _RankSum:
     """G = S diag(a) U for X1 and X2, summed in float64."""
 
-    def __init__(self, group: Group, n1: int, n2: int, k: int, device: torch.device, sym: bool):
-        self.key = group.key
-        self.g1 = torch.zeros(n1, k, dtype=F64, device=device)
-        self.g2 = self.g1 if sym else torch.zeros(n2, k, dtype=F64, device=device)
+    def __init__(self, group: Group, layer: Layer, n1: int, n2: int, device: torch.device,
+                 sym: bool):
+        self.key, self.layer = group.key, layer
+        self.g1 = torch.zeros(n1, layer.k, dtype=F64, device=device)
+        self.g2 = self.g1 if sym else torch.zeros(n2, layer.k, dtype=F64, device=device)
 
-    def add(self, b: Block, layer: Layer) -> None:
-        self.g1 += layer.to_rank((b.p1 > 0).to(b.p1.dtype) * b.a, b.i0, b.i1).to(F64)
+    def add(self, b: Block) -> None:
+        self.g1 += self.layer.to_rank((b.p1 > 0).to(b.p1.dtype) * b.a, b.i0, b.i1).to(F64)
         if self.g2 is not self.g1:
-            self.g2 += layer.to_rank((b.p2 > 0).to(b.p2.dtype) * b.a, b.i0, b.i1).to(F64)
+            self.g2 += self.layer.to_rank((b.p2 > 0).to(b.p2.dtype) * b.a, b.i0, b.i1).to(F64)
 
     def result(self) -> RankSum:
         return RankSum(self.key, self.g1, self.g2)
@@ -93,7 +94,7 @@ class _ReadoutSum:
         self.key = group.key
         self.total = torch.zeros(n1, n2, dtype=F64, device=device)
 
-    def add(self, b: Block, layer: Layer) -> None:
+    def add(self, b: Block) -> None:
         r1 = torch.relu(b.p1)
         self.total += (r1 @ (r1 if b.p2 is b.p1 else torch.relu(b.p2)).T).to(F64)
 
@@ -101,28 +102,34 @@ class _ReadoutSum:
         return NeuronSum(self.key, self.total)
 
 
-def accumulators(groups: tuple[Group, ...], layer: Layer, a: torch.Tensor, n1: int, n2: int,
+def running_sums(groups: tuple[Group, ...], layer: Layer, a: torch.Tensor, n1: int, n2: int,
                  sym: bool) -> list[_RowsSum | _RankSum | _ReadoutSum]:
-    """One running sum per trained group, in the groups' order."""
+    """One running sum per trained group of the layer and the readout, in the groups' order.
+
+    a: the readout weights of the layer's local neurons.
+    """
     dev = a.device
     counts = bool((a.abs() == 1).all())
     made = {
         Role.ROWS: lambda g: _RowsSum(g, n1, n2, dev, counts),
-        Role.RANK: lambda g: _RankSum(g, n1, n2, layer.k, dev, sym),
+        Role.RANK: lambda g: _RankSum(g, layer, n1, n2, dev, sym),
         Role.READOUT: lambda g: _ReadoutSum(g, n1, n2, dev),
     }
     return [made[g.role](g) for g in groups]
 
 
-def finish_term(term: Term, role: Role, layer: Layer, x1: torch.Tensor, x2: torch.Tensor,
-                feats: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
-    """The term's unscaled Gram from its sums over all neurons, in the layer's dtype.
+def finish_term(term: Term, role: Role, layer: Layer, x1: torch.Tensor,
+                x2: torch.Tensor) -> torch.Tensor:
+    """The term's Gram, without the common 1/m, from its sums over all neurons, in the dtype
+    of the inputs (the net's).
 
-    feats: the layer's features of x1 and x2, computed once by the caller for ROWS terms.
+    x2 is x1 itself for a Gram of X against itself (its features are then computed once).
     """
-    dt = layer.dtype
+    dt = x1.dtype
     if role is Role.ROWS:
-        return (feats[0] @ feats[1].T) * term.total.to(dt)
+        f1 = layer.features(x1)
+        f2 = f1 if x2 is x1 else layer.features(x2)
+        return (f1 @ f2.T) * term.total.to(dt)
     if role is Role.RANK:
         return (x1 @ x2.T) * (term.g1 @ term.g2.T).to(dt)
     return term.total.to(dt)
