@@ -24,6 +24,12 @@ from .validation import check_shape
 
 
 class Network(nn.Module):
+    """Layers l = 0..L-1 (each feeding the next) and the readout a over the last one's neurons.
+
+    The NTK kernels and the blocked step read it through `groups` (its trained tensors, each
+    with the role that fixes its NTK term) and `parameter(group)`, never by tensor name.
+    """
+
     def __init__(self, layers: Sequence[Layer], train_output: bool = False, seed: int = 0) -> None:
         super().__init__()
         if not layers:
