@@ -21,7 +21,7 @@ import yaml
 from fntk_dist.cli.main import main
 from fntk_dist.study import load_sweep
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "configs" / "sweep_smoke.yaml"
 PLOTS = ("lambda0_vs_m", "gram_err_vs_m", "drift_vs_m", "steps_vs_m", "rate_vs_m", "cost_vs_m",
          "cost_vs_lambda", "test_error_vs_m")

@@ -25,7 +25,7 @@ from fntk_dist.config import RunConfig, build_config
 from fntk_dist.distributed.cluster import connect, shutdown
 from fntk_dist.train.job import run_train_job
 
-ASSETS = Path(__file__).parent / "assets"
+ASSETS = Path(__file__).parents[1] / "assets"
 
 # The loop function below is shipped by value: workers cannot import this test module.
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])

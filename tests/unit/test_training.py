@@ -92,10 +92,10 @@ def test_same_config_same_curve(tmp_path):
 def test_quickstart_follows_its_golden_curve(tmp_path):
     """The quickstart's loss, step by step, as the trainer computed it before it became one
     loop for one process and a mesh (tests/assets/golden_curves.json, 401 steps)."""
-    assets = Path(__file__).parent / "assets"
+    assets = Path(__file__).parents[1] / "assets"
     golden = json.loads((assets / "golden_curves.json").read_text())["quickstart"]
     steps = 60  # a prefix: gradient descent's curve does not depend on where it stops
-    config = load_config(Path(__file__).parents[1] / "configs" / "quickstart.yaml",
+    config = load_config(Path(__file__).parents[2] / "configs" / "quickstart.yaml",
                          [f"train.steps={steps}", "tracking.wandb=false"])
     run_train_job(config, tmp_path / "qs", progress=False)
     got = [v for v in pq.read_table(tmp_path / "qs" / "metrics.parquet").column("loss")

@@ -18,7 +18,7 @@ import torch
 from fntk_dist import TwoLayerNet, empirical_ntk, ntk_matvec
 from fntk_dist.train.blocked import blocked_output
 
-ASSETS = Path(__file__).with_name("assets")
+ASSETS = Path(__file__).parents[1] / "assets"
 _spec = importlib.util.spec_from_file_location("make_golden", ASSETS / "make_golden_depth1.py")
 golden = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(golden)

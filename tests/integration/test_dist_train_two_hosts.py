@@ -33,7 +33,7 @@ pytestmark = [pytest.mark.slow, skip_without_netns]
 needs_jobs_api = pytest.mark.skipif(not dashboard_available(),
                                     reason="the Ray Jobs API needs ray[default] (the dashboard)")
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SUBMIT = REPO / "launch" / "submit_job.sh"
 SBATCH = REPO / "launch" / "slurm.sbatch"
 
