@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from .config import RunConfig
+from .data import Dataset
 from .errors import ConfigError
 
 
@@ -69,13 +72,17 @@ def check_model(cfg: RunConfig, d: int) -> None:
         raise ConfigError(str(err) if str(err).startswith("model.") else f"model.{err}") from None
 
 
-def check_train(cfg: RunConfig, n: int, d: int) -> TrainPlan:
-    """The layout of `fntk train` for n training points of dimension d; ConfigError for a
-    broken rule."""
+def check_train(cfg: RunConfig, data: Dataset) -> TrainPlan:
+    """The layout of `fntk train` on data; ConfigError for a broken rule."""
     tc, ds = cfg.train, cfg.deepspeed
+    n, d = data.n, data.d
     if tc.lr is None and n > tc.gram_max_n:
         raise ConfigError(f"train.lr: required when n={n} > train.gram_max_n={tc.gram_max_n} "
                           "(the step size is otherwise read off the n x n Gram)")
+    if tc.lr is None and not np.any(data.x):
+        raise ConfigError("train.lr: every training point is zero, so the NTK Gram at "
+                          "initialisation vanishes and eta = lr_scale / lambda_max(H(0)) is "
+                          "undefined; set train.lr (or check the data)")
     if tc.batch_size is not None and tc.batch_size > n:
         raise ConfigError(f"train.batch_size: {tc.batch_size} exceeds the {n} training points")
     batch = batch_size(cfg, n)

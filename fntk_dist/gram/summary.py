@@ -9,30 +9,24 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from ..ntk import analytic_ntk, spectrum, spectrum_from_matmat
+from ..ntk import spectrum, spectrum_from_matmat
+from ..ntk.limit import infinite_width
 from .config import GramConfig
 from .tile_store import TileStore
 
 if TYPE_CHECKING:
-    from ..models.net import TwoLayerNet
+    from ..models.network import Network
 
 
-def analytic_distance(net: TwoLayerNet, x: torch.Tensor, h: np.ndarray) -> dict:
-    """lambda_inf = lambda_min(H_inf) and ||H - H_inf||_2 / ||H_inf||_2, where the analytic
-    ReLU kernel is the net's infinite-width limit (dense, sketch_in); else both None."""
-    ax = net.analytic_inputs(x)
-    if ax is None:
-        return {"lambda_inf": None, "gram_rel_err_inf": None}
-    h_inf = analytic_ntk(ax, train_output=net.train_output).numpy()
-    # Both matrices are symmetric: their 2-norms are their largest |eigenvalue| (eigvalsh is
-    # several times cheaper than the SVD a general 2-norm takes).
-    ev_inf = np.linalg.eigvalsh(h_inf)
-    ev_diff = np.linalg.eigvalsh(h.astype(np.float64) - h_inf)
-    return {"lambda_inf": float(ev_inf[0]),
-            "gram_rel_err_inf": float(np.abs(ev_diff).max() / np.abs(ev_inf).max())}
+def analytic_distance(net: Network, x: torch.Tensor, h: np.ndarray) -> dict:
+    """lambda_inf = lambda_min(H_inf) and ||H - H_inf||_2 / ||H_inf||_2 (None where the net
+    has no analytic limit, or it vanishes)."""
+    spec_inf, rel = infinite_width(net, x, h, top=1)
+    return {"lambda_inf": None if spec_inf is None else spec_inf.lambda_min,
+            "gram_rel_err_inf": rel}
 
 
-def spectrum_report(store: TileStore, net: TwoLayerNet, x: torch.Tensor,
+def spectrum_report(store: TileStore, net: Network, x: torch.Tensor,
                     gc: GramConfig) -> dict:
     """The spectrum of the complete store: from the assembled matrix when n <=
     gram.assemble_max_n (then also the analytic comparison), else block LOBPCG over tiles."""

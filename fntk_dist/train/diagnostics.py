@@ -14,9 +14,10 @@ from typing import Protocol
 
 import torch
 
+from ..models.blocks import neuron_blocks
 from ..models.net import TwoLayerNet
-from ..ntk import analytic_ntk, empirical_ntk, spectrum
-from ..ntk.empirical import finish_gram, gram_partial, neuron_blocks
+from ..ntk import empirical_ntk, finish_gram, gram_partial, spectrum
+from ..ntk.limit import infinite_width
 
 
 class WidthReduce(Protocol):
@@ -40,11 +41,7 @@ class Diagnostics:
         if self.forms_gram:
             self.h0 = self._gram(net)
             self.spec0 = spectrum(self.h0, top)
-            ax = net.analytic_inputs(x)
-            if ax is not None:
-                h_inf = analytic_ntk(ax, train_output=net.train_output).to(self.h0.dtype)
-                self.spec_inf = spectrum(h_inf, top)
-                self.rel_err_inf = _norm2(self.h0 - h_inf) / _norm2(h_inf)
+            self.spec_inf, self.rel_err_inf = infinite_width(net, x, self.h0, top)
 
     def _gram(self, net: TwoLayerNet) -> torch.Tensor:
         if self.width is None:

@@ -42,7 +42,7 @@ def run_train_job(cfg: RunConfig, out_dir: Path, resume: bool = False,
                   progress: bool = True) -> dict:
     """Train cfg's net on cfg's data; writes the run folder and returns the summary."""
     data = load_dataset(cfg.data)
-    plan = check_train(cfg, data.n, data.d)
+    plan = check_train(cfg, data)
     out_dir = Path(out_dir).resolve()
     if plan.distributed:
         from ..distributed import train_job as ray_job

@@ -128,3 +128,24 @@ def test_console_script_exit_status(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "fntk_dist.cli.main", "train",
                            str(tmp_path / "none.yaml")], capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.startswith("fntk: error:")
+
+
+def test_degenerate_data_is_one_line_or_a_run_that_reports_it(tmp_path, capsys):
+    """Every x zero: the NTK Gram and its analytic limit vanish. Without a step size training
+    is refused in one line before anything is written; with one, and for `fntk gram`, the run
+    finishes and reports the degeneracy (no relative distance to a zero kernel)."""
+    write_dataset(tmp_path / "zeros.parquet", np.zeros((12, 6)), np.linspace(-1, 1, 12))
+    cfg = {**SMALL, "data": {"path": str(tmp_path / "zeros.parquet")},
+           "train": {"steps": 3, "ntk_every": 0}}
+    path = write_config(tmp_path, cfg)
+    assert main(["train", str(path), "--out", str(tmp_path / "t"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "train.lr: every training point is zero" in err[0]
+    assert not (tmp_path / "t").exists()
+    assert main(["train", str(path), "train.lr=0.1", "--out", str(tmp_path / "t2"),
+                 "--quiet"]) == 0
+    summary = json.loads((tmp_path / "t2" / "summary.json").read_text())
+    assert summary["lambda_max_0"] == 0 and summary["gram_rel_err_inf"] is None
+    assert main(["gram", str(path), "--out", str(tmp_path / "g"), "--quiet"]) == 0
+    summary = json.loads((tmp_path / "g" / "summary.json").read_text())
+    assert summary["lambda_max"] == 0 and summary["gram_rel_err_inf"] is None
