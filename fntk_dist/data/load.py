@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +39,16 @@ class Dataset:
     def d(self) -> int:
         """Input dimension."""
         return int(self.x.shape[1])
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """sha256 of the rows themselves (train and test, x and y): what resumable results
+        are keyed on, since a file's path says nothing about what it holds today."""
+        h = hashlib.sha256()
+        for a in (self.x, self.y, self.x_test, self.y_test):
+            h.update(repr(a.shape).encode())
+            h.update(np.ascontiguousarray(a, dtype=np.float64).tobytes())
+        return h.hexdigest()
 
 
 def _permutation(n: int, seed: int, purpose: int) -> np.ndarray:

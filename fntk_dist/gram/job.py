@@ -10,8 +10,6 @@ at most its tiles in flight; the same command resumes it.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import time
 from pathlib import Path
 
@@ -21,20 +19,32 @@ from tqdm import tqdm
 from ..atomic import write_text
 from ..checks import GramPlan, check_gram
 from ..config import RunConfig, dump_config
-from ..data import load_dataset
+from ..data import Dataset, load_dataset
+from ..identity import differing_keys, identity_hash, run_identity
 from ..runtime import as_dtype, resolve_device
 from ..track import make_tracker
 from .executor import LocalExecutor, TileExecutor
 from .summary import cost_report, spectrum_report
-from .tile_store import TileStore
+from .tile_store import TileStore, TileStoreError
 from .tiles import write_tiles
 
 
-def gram_hash(cfg: RunConfig, n: int, tile: int) -> str:
-    """What determines the tiles: the net, the data and the tiling (not the workers)."""
-    key = {"model": cfg.model.model_dump(mode="json"), "data": cfg.data.model_dump(mode="json"),
-           "n": n, "tile": tile}
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+def gram_identity(cfg: RunConfig, data: Dataset, tile: int) -> dict:
+    """What determines the tiles: the net, the data (by content) and the tiling (not the
+    workers or where tiles are computed)."""
+    return run_identity(cfg, data, ("model", "data"), n=data.n, tile=tile)
+
+
+def _check_store(out_dir: Path, identity: dict) -> None:
+    """A store of another identity in out_dir is refused, naming the keys that differ."""
+    if not (out_dir / "manifest.json").exists():
+        return
+    stored = TileStore.open(out_dir)
+    if stored.config_hash == identity_hash(identity):
+        return
+    keys = differing_keys(stored.meta.get("identity"), identity)
+    raise TileStoreError(f"{out_dir} holds the Gram of another config (differs in "
+                         f"{', '.join(keys)}): choose another folder or remove it")
 
 
 def _executor(cfg: RunConfig, plan: GramPlan, x: torch.Tensor, device: torch.device | None,
@@ -52,6 +62,9 @@ def run_gram_job(cfg: RunConfig, out_dir: Path, progress: bool = True) -> dict:
     data = load_dataset(cfg.data)
     n, d = data.n, data.d
     plan = check_gram(cfg, n, d)
+    out_dir = Path(out_dir)
+    identity = gram_identity(cfg, data, plan.tile)
+    _check_store(out_dir, identity)
     # gram.device: Ray actors are placed on the cluster, this process resolves it; both here,
     # before any file is written.
     device, placed = None, None
@@ -63,10 +76,9 @@ def run_gram_job(cfg: RunConfig, out_dir: Path, progress: bool = True) -> dict:
         device = resolve_device(cfg.gram.device, "gram.device")
     x = torch.as_tensor(data.x, dtype=as_dtype(cfg.model.dtype))
     finisher = cfg.model.build(d, neurons=(0, 1))  # features and scale only: no neuron rows
-    out_dir = Path(out_dir)
     store = TileStore.create_or_open(
-        out_dir, config_hash=gram_hash(cfg, n, plan.tile), n=n, tile=plan.tile,
-        dtype=cfg.model.dtype, meta={"mode": cfg.model.mode, "m": cfg.model.m, "k": cfg.model.k},
+        out_dir, config_hash=identity_hash(identity), n=n, tile=plan.tile,
+        dtype=cfg.model.dtype, meta={"identity": identity},
     )
     write_text(out_dir / "config.yaml", dump_config(cfg))
     todo = store.missing()

@@ -14,6 +14,7 @@ trial is validated before any runs, so a bad grid fails at once with one message
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -84,6 +85,7 @@ class Trial:
     id: str
     params: dict[str, Any]
     config: RunConfig
+    data_fingerprint: str = ""  # its data by content: a finished trial on other data is stale
 
 
 def _trial_id(cfg: RunConfig) -> str:
@@ -147,18 +149,22 @@ def expand(sweep: SweepConfig, source: str = "sweep") -> list[Trial]:
             params = {k: v for k, v in zip(keys, values)
                       if mode not in _UNUSED.get(SHORT_KEYS.get(k, k), ())}
             trials.setdefault(tid, Trial(tid, params, cfg))
-    _check_data({t.config.data.model_dump_json(): t.config.data for t in trials.values()},
-                source)
-    return list(trials.values())
+    prints = _check_data({t.config.data.model_dump_json(): t.config.data
+                          for t in trials.values()}, source)
+    return [dataclasses.replace(t, data_fingerprint=prints[t.config.data.model_dump_json()])
+            for t in trials.values()]
 
 
-def _check_data(distinct: dict, source: str) -> None:
-    """Load each distinct dataset once: rows asked for beyond a file's, an empty split, ..."""
-    for data in distinct.values():
+def _check_data(distinct: dict, source: str) -> dict[str, str]:
+    """Load each distinct dataset once (rows asked for beyond a file's, an empty split, ...
+    fail here); returns each one's fingerprint by its key."""
+    prints = {}
+    for key, data in distinct.items():
         try:
-            load_dataset(data)
+            prints[key] = load_dataset(data).fingerprint
         except UserError as err:
             raise ConfigError(f"{source}: {err}") from None
+    return prints
 
 
 def load_sweep(path: str | Path, overrides: list[str] = ()) -> tuple[SweepConfig, list[Trial]]:

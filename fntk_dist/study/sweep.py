@@ -17,7 +17,7 @@ from ..atomic import write_json, write_text
 from ..distributed.cluster import connect
 from .config import SweepConfig, Trial
 from .results import trial_row, write_results
-from .trial import is_finished, read_trial, run_trial
+from .trial import SUMMARY, is_finished, read_trial, run_trial
 
 RESULTS = "results.parquet"
 
@@ -35,8 +35,11 @@ def run_sweep(sweep: SweepConfig, trials: list[Trial], out: Path, address: str |
     import ray
 
     out = Path(out)
-    rows = {t.id: trial_row(t, read_trial(out / "trials" / t.id), None)
-            for t in trials if is_finished(out / "trials" / t.id)}
+    done = {t.id: read_trial(out / "trials" / t.id) for t in trials
+            if is_finished(out / "trials" / t.id)}
+    # A finished trial counts only if it ran on the data the sweep names now (by content).
+    rows = {t.id: trial_row(t, done[t.id], None) for t in trials
+            if t.id in done and done[t.id].get("data_fingerprint") == t.data_fingerprint}
     todo = [t for t in trials if t.id not in rows]
     if todo:  # before anything is written: a cluster that does not answer leaves no folder
         connect(address, min_cpus=sweep.trial_cpus)
@@ -48,6 +51,8 @@ def run_sweep(sweep: SweepConfig, trials: list[Trial], out: Path, address: str |
     if todo:
         # No retries: a trial that fails (or whose worker dies) is recorded, not rerun.
         task = ray.remote(run_trial).options(num_cpus=sweep.trial_cpus, max_retries=0)
+        for t in todo:  # a stale trial reads as unfinished until it has run again
+            (out / "trials" / t.id / SUMMARY).unlink(missing_ok=True)
         pending = {task.remote(t.config.model_dump(mode="json"), str(out / "trials" / t.id),
                                sweep.regression, sweep.trial_cpus): t for t in todo}
         bar = tqdm(total=len(trials), initial=len(rows), desc=f"sweep {sweep.name}",

@@ -8,27 +8,39 @@ used (`--resume` needs a checkpoint there; a started run is not overwritten with
 
 from __future__ import annotations
 
+import json
 import secrets
 from pathlib import Path
 
-from ..atomic import write_text
+from ..atomic import write_json, write_text
 from ..checks import check_train
 from ..config import RunConfig, dump_config
-from ..data import load_dataset
+from ..data import Dataset, load_dataset
 from ..errors import ConfigError
+from ..identity import differing_keys, run_identity
 from ..runtime import resolve_device
 from .loop import train_loop
 from .parts import FolderCheckpointer, LocalMesh, TorchEngine
 
+IDENTITY = "run_identity.json"  # the net and the data (by content) a run's checkpoints hold
 
-def _prepare_folder(out_dir: Path, cfg: RunConfig, resume: bool, has_checkpoint: bool) -> str:
+
+def _prepare_folder(out_dir: Path, cfg: RunConfig, data: Dataset, resume: bool,
+                    has_checkpoint: bool) -> str:
     """Checks and starts the run folder; returns the run's W&B id (kept across resumes)."""
     if resume and not has_checkpoint:
         raise ConfigError(f"--resume: {out_dir} holds no checkpoint to resume from")
     if not resume and has_checkpoint:
         raise ConfigError(f"--out: {out_dir} holds a started run; pass --resume to continue it "
                           "or choose another folder")
+    identity = run_identity(cfg, data, ("model", "data"))
+    if resume and (out_dir / IDENTITY).exists():
+        changed = differing_keys(json.loads((out_dir / IDENTITY).read_text()), identity)
+        if changed:
+            raise ConfigError(f"--resume: the run in {out_dir} was started with other "
+                              f"{', '.join(changed)}; its checkpoints do not fit this config")
     out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / IDENTITY, identity)
     write_text(out_dir / "config.yaml", dump_config(cfg))
     # A fresh start gets a fresh W&B id even in a used folder (a run killed before its first
     # checkpoint): W&B's service may still hold the old id's stream. A resumed run keeps it.
@@ -48,12 +60,12 @@ def run_train_job(cfg: RunConfig, out_dir: Path, resume: bool = False,
         from ..distributed import train_job as ray_job
 
         cluster = ray_job.connect_for_training(cfg, plan)
-        run_id = _prepare_folder(out_dir, cfg, resume, ray_job.has_checkpoint(out_dir))
+        run_id = _prepare_folder(out_dir, cfg, data, resume, ray_job.has_checkpoint(out_dir))
         return ray_job.run_train_distributed(cfg, out_dir, plan, cluster, run_id, progress)
     device = resolve_device(cfg.train.device, "train.device")
     checkpointer = FolderCheckpointer(out_dir)
     with checkpointer.latest() as latest:
-        run_id = _prepare_folder(out_dir, cfg, resume, latest is not None)
+        run_id = _prepare_folder(out_dir, cfg, data, resume, latest is not None)
     return train_loop(cfg, out_dir, data, mesh=LocalMesh(), device=device,
                       make_engine=lambda net, eta, _rows: TorchEngine(net, cfg.train, eta),
                       checkpointer=checkpointer, run_id=run_id, progress=progress)

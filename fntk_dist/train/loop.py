@@ -193,6 +193,7 @@ def train_loop(
             target_step=state.target_step, diag=diag, net=net, n=n, d=data.d, eta=eta,
             batch=batch,
             final={"n_test": int(y_test.numel()), "device": str(device),
+                   "data_fingerprint": data.fingerprint,
                    **{f"final_{k}": v for k, v in final_test.items()},
                    "worker_peak_rss_mb": peak_mb, "worker_end_rss_mb": now_mb},
             extra={"workers": mesh.width * mesh.data, "width": mesh.width, "data": mesh.data,

@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -179,3 +180,28 @@ def test_bad_sweep_file_and_report_folder(tmp_path, capsys):
     assert "no such sweep file" in capsys.readouterr().err
     assert main(["report", str(tmp_path)]) == 2
     assert "no results.parquet" in capsys.readouterr().err
+
+
+def test_a_trial_on_replaced_data_runs_again(tmp_path, capsys):
+    """Finished trials are keyed on their data's contents: after the Parquet file is replaced
+    under the same name, a rerun runs every trial again instead of reporting stale results."""
+    from fntk_dist.data import write_dataset
+
+    data = tmp_path / "points.parquet"
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((24, 6))
+    write_dataset(data, x / np.linalg.norm(x, axis=1, keepdims=True), rng.standard_normal(24))
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(yaml.safe_dump({
+        "name": "stale", "regression": False,
+        "base": {"data": {"path": str(data)}, "train": {"steps": 5, "ntk_every": 0},
+                 "tracking": {"wandb": False}, "model": {"dtype": "float64"}},
+        "grid": {"mode": ["dense", "sketch_in"], "m": [64], "k": [4]}}))
+    argv = ["sweep", str(sweep), "--out", str(tmp_path / "out"), "--quiet"]
+    assert main(argv) == 0 and json.loads(capsys.readouterr().out)["ran"] == 2
+    assert main(argv) == 0 and json.loads(capsys.readouterr().out)["ran"] == 0
+    y = x[::-1]  # other points, same file name
+    write_dataset(data, y / np.linalg.norm(y, axis=1, keepdims=True), rng.standard_normal(24))
+    assert main(argv) == 0
+    counts = json.loads(capsys.readouterr().out)
+    assert (counts["ran"], counts["skipped"]) == (2, 0)

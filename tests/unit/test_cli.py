@@ -149,3 +149,32 @@ def test_degenerate_data_is_one_line_or_a_run_that_reports_it(tmp_path, capsys):
     assert main(["gram", str(path), "--out", str(tmp_path / "g"), "--quiet"]) == 0
     summary = json.loads((tmp_path / "g" / "summary.json").read_text())
     assert summary["lambda_max"] == 0 and summary["gram_rel_err_inf"] is None
+
+
+def _points(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((20, 6))
+    return x / np.linalg.norm(x, axis=1, keepdims=True), rng.standard_normal(20)
+
+
+def test_results_are_keyed_on_the_data_not_its_path(tmp_path, capsys):
+    """A Parquet file replaced under the same name is other data: the Gram store and a
+    training checkpoint of the old file are refused, naming what differs, never reused."""
+    data = tmp_path / "mine.parquet"
+    write_dataset(data, *_points(0))
+    cfg = {**SMALL, "data": {"path": str(data)},
+           "train": {"steps": 4, "ntk_every": 0, "checkpoint_every": 2}}
+    path = write_config(tmp_path, cfg)
+    gram = ["gram", str(path), "--out", str(tmp_path / "g"), "--quiet"]
+    train = ["train", str(path), "--out", str(tmp_path / "t"), "--quiet"]
+    assert main(gram) == 0 and main(train) == 0
+    assert main(gram) == 0  # the same data: the store is reused as it is
+    write_dataset(data, *_points(1))
+    assert main(gram) == 2
+    assert "differs in data_fingerprint" in capsys.readouterr().err
+    assert main([*train, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "--resume" in err and "data_fingerprint" in err
+    write_dataset(data, *_points(0))
+    assert main([*gram, "model.m=256"]) == 2
+    assert "differs in model.m" in capsys.readouterr().err
