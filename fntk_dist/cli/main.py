@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -13,6 +14,12 @@ from .study import add_parsers as add_study_parsers
 from .study import run as run_study
 
 EXIT_USAGE = 2  # bad config, data or arguments: one message, no traceback
+EXIT_INTERRUPTED = 130  # what a shell reports for a job stopped by Ctrl-C
+
+
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM (what schedulers send) stops a job as Ctrl-C does."""
+    raise KeyboardInterrupt
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -83,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     # Heavy imports after argument parsing, so `fntk --help` is instant.
     from ..config import load_config
     from ..distributed.train_job import TrainingFailed
+    from ..interrupts import Interrupted
 
     try:
         cfg = load_config(args.config, [*args.overrides, *_overrides(args)])
@@ -107,10 +115,25 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingFailed as err:
         print(f"fntk: error: {err}", file=sys.stderr)
         return 1
+    except Interrupted as err:  # stopped at a safe point
+        print(f"fntk: {err}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:  # stopped at once (Ctrl-C, SIGTERM, or a second signal)
+        what = ("the tiles stored so far are kept: rerun the same command to continue"
+                if args.command == "gram" else "continue with --resume where checkpoints were "
+                "written (train.checkpoint_every)")
+        print(f"fntk: interrupted; {what}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     print(json.dumps({k: summary.get(k) for k in keys}, indent=1))
     print(f"run folder: {out}")
     return 0
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """The `fntk` command: main() with SIGTERM (what schedulers send) handled as Ctrl-C."""
+    signal.signal(signal.SIGTERM, _terminate)
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

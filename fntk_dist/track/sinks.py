@@ -22,6 +22,7 @@ class Sink(Protocol):
     def log(self, row: dict[str, Any], step: int) -> None: ...
     def finish(self, summary: dict[str, Any]) -> None: ...
     def abort(self) -> None: ...
+    def interrupt(self) -> None: ...
 
 
 class RunFolderSink:
@@ -34,13 +35,17 @@ class RunFolderSink:
         self.rows.append({"step": step, **row})
 
     def finish(self, summary: dict[str, Any]) -> None:
+        self.interrupt()
+        write_json(self.out_dir / "summary.json", summary)
+
+    def interrupt(self) -> None:
+        """The rows so far in metrics.parquet, and no summary: the folder reads unfinished."""
         # step is an integer; every metric is a float, missing where not measured that step.
         names = sorted({k for r in self.rows for k in r} - {"step"})
         schema = pa.schema([("step", pa.int64())] + [(k, pa.float64()) for k in names])
         table = pa.Table.from_pylist(self.rows, schema=schema)
         with atomic_path(self.out_dir / "metrics.parquet") as tmp:
             pq.write_table(table, tmp)
-        write_json(self.out_dir / "summary.json", summary)
 
     def abort(self) -> None:
         """A failed run leaves no metrics.parquet or summary.json: its folder reads unfinished."""
@@ -75,6 +80,9 @@ class WandbSink:
     def abort(self) -> None:
         self.run.finish(exit_code=1)
 
+    def interrupt(self) -> None:
+        self.run.finish(exit_code=130)  # the shell's code for a run stopped by a signal
+
 
 class Tracker:
     """Fans each row out to every sink."""
@@ -93,6 +101,10 @@ class Tracker:
     def abort(self) -> None:
         for s in self.sinks:
             s.abort()
+
+    def interrupt(self) -> None:
+        for s in self.sinks:
+            s.interrupt()
 
 
 def make_tracker(cfg: TrackingConfig, out_dir: Path, name: str, config: dict,

@@ -18,6 +18,7 @@ from ..config import RunConfig, dump_config
 from ..data import Dataset, load_dataset
 from ..errors import ConfigError
 from ..identity import differing_keys, run_identity
+from ..interrupts import stop_requests
 from ..runtime import resolve_device
 from .loop import train_loop
 from .parts import FolderCheckpointer, LocalMesh, TorchEngine
@@ -66,6 +67,8 @@ def run_train_job(cfg: RunConfig, out_dir: Path, resume: bool = False,
     checkpointer = FolderCheckpointer(out_dir)
     with checkpointer.latest() as latest:
         run_id = _prepare_folder(out_dir, cfg, data, resume, latest is not None)
-    return train_loop(cfg, out_dir, data, mesh=LocalMesh(), device=device,
-                      make_engine=lambda net, eta, _rows: TorchEngine(net, cfg.train, eta),
-                      checkpointer=checkpointer, run_id=run_id, progress=progress)
+    with stop_requests() as stop:  # Ctrl-C / SIGTERM: stop after the step in progress
+        return train_loop(cfg, out_dir, data, mesh=LocalMesh(), device=device,
+                          make_engine=lambda net, eta, _rows: TorchEngine(net, cfg.train, eta),
+                          checkpointer=checkpointer, run_id=run_id, progress=progress,
+                          stop_requested=stop.requested)

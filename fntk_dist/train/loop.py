@@ -27,6 +27,7 @@ from ..checks import batch_size
 from ..config import RunConfig
 from ..data import Dataset
 from ..distributed.parallelize import neuron_range, shard_ranges, sum_output, sum_shared_gradients
+from ..interrupts import Interrupted
 from ..models.net import TwoLayerNet
 from ..runtime import as_dtype, synchronize
 from ..track import make_tracker
@@ -63,12 +64,15 @@ def train_loop(
     cfg: RunConfig, out_dir: Path, data: Dataset, *, mesh: Mesh, device: torch.device,
     make_engine: Callable[[TwoLayerNet, float, int], Engine], checkpointer: Checkpointer,
     run_id: str | None = None, progress: bool = True, bar_class: type = tqdm,
+    stop_requested: Callable[[], bool] = lambda: False,
 ) -> dict:
     """Train cfg's net (this rank's shard of it) on data; rank 0 writes the run folder and
     returns the summary (other ranks return {}).
 
     make_engine(net, eta, rows): the engine for this rank's shard, which sees `rows` points of
-    each batch. checkpointer.latest() is restored first, if there is one.
+    each batch. checkpointer.latest() is restored first, if there is one. stop_requested():
+    polled after every step; when true the run stops there (a checkpoint where checkpoints
+    are on, the metrics so far written) and raises Interrupted.
     """
     tc = cfg.train
     batch = batch_size(cfg, data.n)  # the driver has checked the run (fntk_dist.checks)
@@ -184,6 +188,17 @@ def train_loop(
                     bar.set_postfix(loss=f"{loss_value:.3e}", refresh=False)
             if not last and tc.checkpoint_every and (t + 1) % tc.checkpoint_every == 0:
                 checkpoint(t + 1, loss_value)
+            if not last and stop_requested():
+                if tc.checkpoint_every and (t + 1) % tc.checkpoint_every:
+                    checkpoint(t + 1, loss_value)
+                if tracker is not None:
+                    tracker.interrupt()
+                    tracker = None
+                raise Interrupted(
+                    f"interrupted after step {t} of {tc.steps}; " + (
+                        "continue with --resume" if tc.checkpoint_every else
+                        "train.checkpoint_every is 0, so there is no checkpoint to continue "
+                        "from (metrics.parquet holds the steps done)"))
         peak_mb, now_mb = _rss_mb(mesh)
         final_test = test_metrics()
         if tracker is None:
