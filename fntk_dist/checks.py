@@ -7,6 +7,7 @@ nothing is started or written.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,6 +65,9 @@ def batch_size(cfg: RunConfig, n: int) -> int:
 def check_model(cfg: RunConfig, d: int) -> None:
     """The net can be built for inputs of dimension d (e.g. an srht sketch needs k <= d
     padded to a power of two). Builds one neuron only: cheap at any width."""
+    if cfg.model.mode == "sketch_in" and cfg.model.k is not None and cfg.model.k > d:
+        warnings.warn(f"model.k: sketch_in maps the d={d} inputs to k={cfg.model.k} > d "
+                      "features, a sketch that does not reduce", UserWarning, stacklevel=2)
     try:
         cfg.model.build(d, neurons=(0, 1))
     except ConfigError:
@@ -88,6 +92,7 @@ def check_train(cfg: RunConfig, data: Dataset) -> TrainPlan:
     batch = batch_size(cfg, n)
     check_model(cfg, d)
     if not distributed(cfg):
+        _refuse_unused(cfg)
         return TrainPlan(False, 1, 1, batch)
     width, data = _mesh(cfg)
     if batch < data:
@@ -106,6 +111,19 @@ def check_train(cfg: RunConfig, data: Dataset) -> TrainPlan:
         raise ConfigError("deepspeed.precision: bf16 mixed precision keeps float32 master "
                           f"weights; set model.dtype float32 (it is {cfg.model.dtype})")
     return TrainPlan(True, width, data, batch)
+
+
+def _refuse_unused(cfg: RunConfig) -> None:
+    """Mesh and DeepSpeed settings in a one-process training run would be silently ignored."""
+    for key in ("width", "data"):
+        if getattr(cfg.dist, key) is not None:
+            raise ConfigError(f"dist.{key}: sets the mesh of a distributed run; add --workers "
+                              "(or dist.workers), or drop it")
+    defaults = type(cfg.deepspeed)()
+    for key, value in cfg.deepspeed:
+        if value != getattr(defaults, key):
+            raise ConfigError(f"deepspeed.{key}: applies to distributed training only; add "
+                              "--workers (or dist.workers), or drop it")
 
 
 def check_gram(cfg: RunConfig, n: int, d: int) -> GramPlan:

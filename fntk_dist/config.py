@@ -84,13 +84,34 @@ def build_config(raw: dict, overrides: list[str] = (), source: str = "config") -
         raise ConfigError(_format(err, source)) from None
 
 
+class _DuplicateKey(Exception):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error (plain
+    YAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise _DuplicateKey(f"key {key!r} given twice (line "
+                                    f"{key_node.start_mark.line + 1})")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml_mapping(path: Path, kind: str, top: str) -> dict:
     """The mapping a YAML file holds; ConfigError naming the file otherwise. kind: what the
     file is ('config', 'sweep'); top: what its top level should hold, for the message."""
     if not path.is_file():
         raise ConfigError(f"{path}: no such {kind} file")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
+    except _DuplicateKey as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read ({exc})") from None
     except yaml.YAMLError as exc:

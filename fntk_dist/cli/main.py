@@ -7,6 +7,7 @@ import datetime
 import json
 import signal
 import sys
+import warnings
 from pathlib import Path
 
 from ..errors import UserError
@@ -129,9 +130,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """fntk's own warnings as one line, without the source location Python adds."""
+    print(f"fntk: warning: {message}", file=sys.stderr if file is None else file)
+
+
 def entry() -> None:
-    """The `fntk` command: main() with SIGTERM (what schedulers send) handled as Ctrl-C."""
+    """The `fntk` command: main() with SIGTERM (what schedulers send) handled as Ctrl-C, and
+    warnings on one line."""
     signal.signal(signal.SIGTERM, _terminate)
+    warnings.showwarning = _one_line_warning
     sys.exit(main())
 
 

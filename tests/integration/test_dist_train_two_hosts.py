@@ -64,8 +64,8 @@ print(json.dumps({"status": info.status.value, "message": info.message,
 def reference(raw: dict, out: Path) -> dict:
     """The single-process trainer's summary for the same net and data (tracking off: it does
     not touch the loss)."""
-    return run_train_job(build_config({**raw, "tracking": {"wandb": False}}, source="test"), out,
-                 progress=False)
+    single = {**raw, "dist": {}, "tracking": {"wandb": False}}  # no mesh in one process
+    return run_train_job(build_config(single, source="test"), out, progress=False)
 
 
 @needs_jobs_api

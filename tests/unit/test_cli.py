@@ -178,3 +178,33 @@ def test_results_are_keyed_on_the_data_not_its_path(tmp_path, capsys):
     write_dataset(data, *_points(0))
     assert main([*gram, "model.m=256"]) == 2
     assert "differs in model.m" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text,overrides,needle", [
+    ("model: {mode: dense, m: 64}\ntrain: {steps: 2}\ntrain: {steps: 3}\n", [],
+     "key 'train' given twice (line 3)"),
+    ("model: {mode: dense, m: 64}\n", ["dist.width=2"], "dist.width: sets the mesh"),
+    ("model: {mode: dense, m: 64}\n", ["dist.data=2"], "dist.data: sets the mesh"),
+    ("model: {mode: dense, m: 64}\n", ["deepspeed.zero_stage=2"],
+     "deepspeed.zero_stage: applies to distributed training only"),
+])
+def test_settings_that_would_be_ignored_are_refused(tmp_path, capsys, text, overrides, needle):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    assert main(["train", str(path), *overrides, "--out", str(tmp_path / "r"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], err
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_sketch_that_does_not_reduce_is_one_warning_line(tmp_path):
+    path = write_config(tmp_path, {**SMALL, "model": {"mode": "sketch_in", "m": 64, "k": 20,
+                                                      "dtype": "float64"},
+                                   "train": {"steps": 2, "ntk_every": 0}})
+    proc = subprocess.run([sys.executable, "-m", "fntk_dist.cli.main", "train", str(path),
+                           "--out", str(tmp_path / "r"), "--quiet"], capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr
+    warned = [line for line in proc.stderr.splitlines() if "warning" in line]
+    assert warned == ["fntk: warning: model.k: sketch_in maps the d=16 inputs to k=20 > d "
+                      "features, a sketch that does not reduce"]
