@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import errno
 import json
 import signal
 import sys
@@ -16,6 +17,8 @@ from .study import run as run_study
 
 EXIT_USAGE = 2  # bad config, data or arguments: one message, no traceback
 EXIT_INTERRUPTED = 130  # what a shell reports for a job stopped by Ctrl-C
+# Storage that refuses writes: a full disk or quota, a read-only mount, no permission.
+DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 def _terminate(signum: int, frame: object) -> None:
@@ -119,6 +122,15 @@ def main(argv: list[str] | None = None) -> int:
     except Interrupted as err:  # stopped at a safe point
         print(f"fntk: {err}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except OSError as err:
+        if err.errno not in DISK_ERRORS:
+            raise
+        # Every file is written whole or not at all (fntk_dist.atomic): nothing half-written
+        # is left looking finished, and a rerun with room to write continues.
+        where = f": {err.filename}" if err.filename else ""
+        print(f"fntk: error: cannot write{where} ({err.strerror}); no file was left "
+              "half-written", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:  # stopped at once (Ctrl-C, SIGTERM, or a second signal)
         what = ("the tiles stored so far are kept: rerun the same command to continue"
                 if args.command == "gram" else "continue with --resume where checkpoints were "
