@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 
 from ..errors import UserError
+
+_TOKEN_SETUP_LOGGER = "ray._private.authentication.authentication_token_setup"
 
 
 class ClusterError(UserError):
@@ -41,6 +44,9 @@ def connect(address: str | None, timeout: float = 15.0, min_cpus: int = 1,
         # Ray reads this when it is imported: unset, a local cluster takes the host's main
         # interface address; "0" makes a single-node cluster bind loopback.
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+        # Ray turns token authentication on for a new local cluster and announces it on
+        # every run; it stays on, the announcement goes.
+        logging.getLogger(_TOKEN_SETUP_LOGGER).setLevel(logging.ERROR)
     import ray
 
     if ray.is_initialized():
