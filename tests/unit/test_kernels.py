@@ -43,7 +43,7 @@ def test_analytic_kernel_closed_values():
     h = analytic_ntk(x, train_output=True)
     assert h[0, 0] == pytest.approx(0.5 + 0.5)  # W part |x|^2/2, a part |x|^2/2
     assert h[0, 1] == pytest.approx(2 * 1 / (2 * np.pi))  # orthogonal: W part 0, a part 1/pi
-    assert h[0, 2] == pytest.approx(0.0, abs=1e-15)  # antipodal
+    assert h[0, 2] == 0.0  # antipodal: sin theta = 0 and pi - theta = 0 exactly
 
 
 def test_analytic_kernel_rejects_bad_input():
