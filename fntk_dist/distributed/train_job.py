@@ -92,6 +92,8 @@ def run_train_distributed(cfg: RunConfig, out_dir: Path, plan: TrainPlan, cluste
     )
     try:
         trainer.fit()
+    except SystemExit:  # Ray Train's own Ctrl-C handler aborts the run, then exits
+        raise KeyboardInterrupt from None
     except Exception as err:  # Ray Train's TrainingFailedError, after max_failures restarts
         first = str(err).strip().splitlines()
         again = ("continue it with --resume from its last checkpoint"
@@ -99,4 +101,6 @@ def run_train_distributed(cfg: RunConfig, out_dir: Path, plan: TrainPlan, cluste
         raise TrainingFailed(
             f"training failed (dist.max_failures = {cfg.dist.max_failures}): "
             f"{first[0] if first else type(err).__name__}; {again}") from err
+    if not (out_dir / "summary.json").exists():  # aborted by Ctrl-C before the end
+        raise KeyboardInterrupt
     return json.loads((out_dir / "summary.json").read_text())

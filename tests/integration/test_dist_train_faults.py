@@ -138,3 +138,27 @@ def test_killed_single_process_run_resumes_from_its_checkpoint(tmp_path, referen
     for a, b in zip(got, reference, strict=True):
         assert a == pytest.approx(b, rel=1e-12)
     assert json.loads((out / "summary.json").read_text())["restarts_from_checkpoint"] == 1
+
+
+def test_ctrl_c_on_a_distributed_run_is_one_line_and_resumes(tmp_path):
+    """SIGINT to `fntk train --workers 2`: Ray Train aborts the run, fntk says so in one line
+    and exits 130, and --resume ends on the one-process curve."""
+    raw = {**RAW, "train": {**RAW["train"], "steps": 200}, "tracking": {"wandb": False}}
+    out = tmp_path / "run"
+    proc = start(tmp_path, out, raw=raw)
+    wait_for_checkpoint(proc, out, after=0)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-3000:]
+    ours = [line for line in stderr.splitlines() if line.startswith("fntk:")]
+    assert ours == ["fntk: interrupted; continue with --resume where checkpoints were written "
+                    "(train.checkpoint_every)"]
+    resumed = start(tmp_path, out, "--resume", raw=raw)
+    _, stderr = resumed.communicate(timeout=400)
+    assert resumed.returncode == 0, stderr[-3000:]
+    single = tmp_path / "single"
+    run_train_job(build_config({**raw, "dist": {}}, source="test"), single, progress=False)
+    got, ref = losses(out), losses(single)
+    assert len(got) == len(ref) == 201
+    for a, b in zip(got, ref, strict=True):
+        assert a == pytest.approx(b, rel=1e-9)
