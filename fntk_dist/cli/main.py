@@ -12,11 +12,10 @@ import warnings
 from pathlib import Path
 
 from ..errors import UserError
+from . import EXIT_INTERRUPTED, EXIT_USAGE
 from .study import add_parsers as add_study_parsers
 from .study import run as run_study
 
-EXIT_USAGE = 2  # bad config, data or arguments: one message, no traceback
-EXIT_INTERRUPTED = 130  # what a shell reports for a job stopped by Ctrl-C
 # Storage that refuses writes: a full disk or quota, a read-only mount, no permission.
 DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 

@@ -8,8 +8,7 @@ import sys
 from pathlib import Path
 
 from ..errors import UserError
-
-EXIT_USAGE = 2
+from . import EXIT_INTERRUPTED, EXIT_USAGE
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -51,3 +50,7 @@ def run(args: argparse.Namespace, rest: list[str]) -> int:
     except UserError as err:  # config, cluster and argument errors name their key
         print(f"fntk: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the finished trials are whole on disk
+        print("fntk: interrupted; finished trials are kept: rerun the same command to run the "
+              "rest", file=sys.stderr)
+        return EXIT_INTERRUPTED

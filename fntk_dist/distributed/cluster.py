@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
+import threading
+from collections.abc import Callable
 
 from ..errors import UserError
 
@@ -56,12 +59,26 @@ def connect(address: str | None, timeout: float = 15.0, min_cpus: int = 1,
         from ray._private import ray_constants
 
         ray_constants.ENABLE_RAY_CLUSTER = False
-        ray.init(num_cpus=max(os.cpu_count() or 1, min_cpus), include_dashboard=False,
-                 _node_ip_address="127.0.0.1", configure_logging=False,
-                 log_to_driver=log_to_driver)
+        _keeping_sigterm(ray.init)(
+            num_cpus=max(os.cpu_count() or 1, min_cpus), include_dashboard=False,
+            _node_ip_address="127.0.0.1", configure_logging=False, log_to_driver=log_to_driver)
         return "embedded"
-    ray.init(address=address, configure_logging=False, log_to_driver=log_to_driver)
+    _keeping_sigterm(ray.init)(address=address, configure_logging=False,
+                               log_to_driver=log_to_driver)
     return address
+
+
+def _keeping_sigterm(init: Callable) -> Callable:
+    """ray.init, keeping this process's SIGTERM handler: Ray's core worker installs its own
+    (a stack dump, then exit), which would bypass the driver's clean stop on SIGTERM."""
+
+    def wrapped(**kwargs) -> None:
+        before = signal.getsignal(signal.SIGTERM)
+        init(**kwargs)
+        if callable(before) and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, before)
+
+    return wrapped
 
 
 def shutdown() -> None:

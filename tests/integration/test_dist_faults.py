@@ -107,6 +107,22 @@ def test_killed_driver_loses_only_tiles_in_flight_and_the_rerun_finishes(tmp_pat
     np.testing.assert_allclose(load_gram(out), reference, rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_is_one_line_and_the_tiles_stay(tmp_path, signum):
+    out = tmp_path / "g"
+    proc = start(tmp_path, out)
+    wait_for_tiles(proc, out, 5)
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-3000:]
+    ours = [line for line in stderr.splitlines() if line.startswith("fntk:")]
+    assert ours == ["fntk: interrupted; the tiles stored so far are kept: rerun the same "
+                    "command to continue"], stderr[-3000:]
+    store = TileStore.open(out)
+    done, corrupt = store.verify()
+    assert corrupt == [] and 5 <= len(done) < TILES
+
+
 def test_embedded_cluster_listens_on_loopback_only():
     code = """
 import json, psutil, time

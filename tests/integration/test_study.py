@@ -205,3 +205,22 @@ def test_a_trial_on_replaced_data_runs_again(tmp_path, capsys):
     assert main(argv) == 0
     counts = json.loads(capsys.readouterr().out)
     assert (counts["ran"], counts["skipped"]) == (2, 0)
+
+
+def test_ctrl_c_on_a_sweep_is_one_line_and_keeps_finished_trials(tmp_path):
+    out = tmp_path / "smoke"
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fntk_dist.cli.main", "sweep", str(SMOKE), "--out", str(out),
+         "--quiet"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        text=True)
+    deadline = time.monotonic() + 120
+    while not _finished(out) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-3000:]
+    ours = [line for line in stderr.splitlines() if line.startswith("fntk:")]
+    assert ours == ["fntk: interrupted; finished trials are kept: rerun the same command to "
+                    "run the rest"]
+    assert _finished(out)
