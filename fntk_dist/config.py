@@ -62,22 +62,34 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return parts, value
 
 
+def _slot(node: dict | list, part: str, text: str) -> str | int:
+    """The key of node that an override's dotted part names: an index into a list (from 0)."""
+    if isinstance(node, dict):
+        return part
+    if not part.isdigit() or int(part) >= len(node):
+        raise ConfigError(f"override {text!r}: {part} is not an item of a list of {len(node)}")
+    return int(part)
+
+
 def build_config(raw: dict, overrides: list[str] = (), source: str = "config") -> RunConfig:
-    """Validate a dict (plus overrides) into a RunConfig."""
+    """Validate a dict (plus overrides) into a RunConfig. A dotted key reaches into sections
+    and into lists by index (model.layers.1.k=64); what it passes through is copied, never
+    changed in raw."""
     data = dict(raw)
     for text in overrides:
         parts, value = parse_override(text)
         node = data
         for p in parts[:-1]:
-            child = node.get(p)
+            key = _slot(node, p, text)
+            child = node.get(key) if isinstance(node, dict) else node[key]
             if child is None:
-                child = node[p] = {}
-            elif not isinstance(child, dict):
-                raise ConfigError(f"override {text!r}: {p} is not a section")
+                child = node[key] = {}
+            elif isinstance(child, dict | list):
+                child = node[key] = type(child)(child)
             else:
-                child = node[p] = dict(child)
+                raise ConfigError(f"override {text!r}: {p} is not a section")
             node = child
-        node[parts[-1]] = value
+        node[_slot(node, parts[-1], text)] = value
     try:
         return RunConfig.model_validate(data)
     except ValidationError as err:

@@ -7,8 +7,10 @@ from .layer import MODES, Layer
 from .net import TwoLayerNet
 from .network import Network
 from .sketches import SKETCHES, InputSketch, OutputSketch, fwht
+from .stack import LayerSpec, build_network
 
 __all__ = [
-    "MODES", "SKETCHES", "Group", "InputSketch", "Layer", "NetCost", "Network", "OutputSketch",
-    "Role", "TwoLayerNet", "default_block", "fwht", "net_cost", "neuron_blocks",
+    "MODES", "SKETCHES", "Group", "InputSketch", "Layer", "LayerSpec", "NetCost", "Network",
+    "OutputSketch", "Role", "TwoLayerNet", "build_network", "default_block", "fwht", "net_cost",
+    "neuron_blocks",
 ]

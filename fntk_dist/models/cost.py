@@ -51,22 +51,35 @@ def _preact_flops(mode: str, sketch: str | None, m: int, d: int, k: int | None) 
     return 2 * m * k
 
 
-def layer_cost(mode: str, sketch: str | None, m: int, d: int, k: int | None) -> NetCost:
+def layer_cost(mode: str, sketch: str | None, m: int, d: int, k: int | None, *,
+               recompute: bool = True, input_grad: bool = False) -> NetCost:
     """One linear map d -> m (all m neurons): its trained parameters, its pre-activations
-    forward, and backward the recomputed pre-activations plus each trained factor's gradient."""
+    forward, and backward each trained factor's gradient, plus the pre-activations again when
+    recomputed (the blocked step's neuron blocks) and the gradient of the layer's input when a
+    trained layer lies below it (the signal to feature space, then the features' adjoint)."""
     pre = _preact_flops(mode, sketch, m, d, k)
-    forward = _features_flops(mode, sketch, d, k) + pre
-    backward, params = pre, 0
+    feats = _features_flops(mode, sketch, d, k)
+    forward = feats + pre
+    backward, params = pre if recompute else 0, 0
     if mode == "dense":
         params += m * d
         backward += 2 * m * d
     if mode in ("sketch_in", "lowrank"):
         params += m * k
         backward += 2 * m * k
-    if mode in ("sketch_out", "lowrank"):
+    shared = mode in ("sketch_out", "lowrank")  # V trained: G = (S o e) diag(a) U is formed
+    if shared:
         params += k * d
         backward += pre + 2 * k * d  # G = (S o e) diag(a) U, then G^T X
+    if input_grad:
+        backward += (0 if shared else pre) + feats
     return NetCost(params, forward, forward + backward)
+
+
+def activation_cost(m: int) -> NetCost:
+    """A hidden layer's output below the last: relu and the next layer's scale c forward, the
+    mask and the scale backward."""
+    return NetCost(0, 2 * m, 4 * m)
 
 
 def readout_cost(m: int, trained: bool) -> NetCost:
@@ -80,6 +93,15 @@ def net_cost(
 ) -> NetCost:
     """Parameters and per-point FLOPs of a whole two-layer net (all m neurons)."""
     return layer_cost(mode, sketch, m, d, k) + readout_cost(m, train_output)
+
+
+def deep_group_gram_flops(role: Role, rows: int, cols: int, m: int, k: int | None,
+                          dim: int) -> int:
+    """group_gram_flops plus the n x n product of the term's other factor in a deep net,
+    whose widths make it as large as the first: F F^T (dim: the features' width) for ROWS,
+    G G^T and A A^T (dim: the fan-in) for RANK."""
+    other = {Role.ROWS: dim, Role.RANK: k + dim if k else 0, Role.READOUT: 0}[role]
+    return group_gram_flops(role, rows, cols, m, k) + 2 * rows * cols * other
 
 
 def group_gram_flops(role: Role, rows: int, cols: int, m: int, k: int | None) -> int:

@@ -117,9 +117,10 @@ class Layer(nn.Module):
         return tuple(Group(self.index, n, _ROLES[n]) for n in self.factors
                      if getattr(self, n).requires_grad)
 
-    def cost(self) -> NetCost:
-        """Per-point cost of the whole layer (all m neurons)."""
-        return layer_cost(self.mode, self.sketch, self.m, self.d, self.k)
+    def cost(self, recompute: bool = True, input_grad: bool = False) -> NetCost:
+        """Per-point cost of the whole layer (all m neurons); see cost.layer_cost."""
+        return layer_cost(self.mode, self.sketch, self.m, self.d, self.k, recompute=recompute,
+                          input_grad=input_grad)
 
     def extra_repr(self) -> str:
         shard = "" if (self.lo, self.hi) == (0, self.m) else f", neurons=({self.lo}, {self.hi})"
@@ -153,6 +154,25 @@ class Layer(nn.Module):
         if self.mode == "sketch_out":
             return self.out_sketch.transpose(y, i0, i1)
         return y @ self.U[i0:i1]
+
+    @property
+    def feature_dim(self) -> int:
+        """Columns of the features: d (dense) or k (factorized)."""
+        return self.d if self.mode == "dense" else self.k
+
+    def to_features(self, y: torch.Tensor, i0: int, i1: int) -> torch.Tensor:
+        """Y W[i0:i1] in feature space: (n, i1 - i0) -> (n, feature_dim); the adjoint of
+        preact (Y U[i0:i1] for factorized modes)."""
+        return y @ self.W[i0:i1] if self.mode == "dense" else self.to_rank(y, i0, i1)
+
+    def features_adjoint(self, f: torch.Tensor) -> torch.Tensor:
+        """The adjoint of features: (n, feature_dim) -> (n, d), so that a signal Y on the
+        neurons reaches the layer's input as features_adjoint(to_features(Y)) = Y W."""
+        if self.mode == "dense":
+            return f
+        if self.mode == "sketch_in":
+            return self.in_sketch.transpose(f)
+        return f @ self.V
 
     def neuron_weights(self, i0: int, i1: int) -> torch.Tensor:
         """Effective rows w_r of local neurons [i0, i1): (i1 - i0, d)."""

@@ -47,18 +47,6 @@ class TwoLayerNet(Network):
         return self.layers[0]
 
     @property
-    def mode(self) -> str:
-        return self.layer.mode
-
-    @property
-    def k(self) -> int | None:
-        return self.layer.k
-
-    @property
-    def sketch(self) -> str | None:
-        return self.layer.sketch
-
-    @property
     def W(self) -> nn.Parameter | None:
         return self.layer.W
 
@@ -97,8 +85,3 @@ class TwoLayerNet(Network):
     def neuron_weights(self, i0: int, i1: int) -> torch.Tensor:
         """Layer.neuron_weights of the first layer."""
         return self.layer.neuron_weights(i0, i1)
-
-    def analytic_inputs(self, x: torch.Tensor) -> torch.Tensor | None:
-        """Layer.analytic_inputs of the first layer: the inputs of the net's analytic
-        kernel, or None."""
-        return self.layer.analytic_inputs(x)

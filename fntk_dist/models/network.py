@@ -11,12 +11,18 @@ a net whose last layer holds neurons [lo, hi) returns that width shard's share o
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
 
-from .cost import NetCost, group_gram_flops, readout_cost
+from .cost import (
+    NetCost,
+    activation_cost,
+    deep_group_gram_flops,
+    group_gram_flops,
+    readout_cost,
+)
 from .groups import Group, Role
 from .layer import Layer
 from .seeding import sign_rows
@@ -76,6 +82,25 @@ class Network(nn.Module):
         out = tuple(g for layer in self.layers for g in layer.groups)
         return out + ((Group(None, "a", Role.READOUT),) if self.a.requires_grad else ())
 
+    @property
+    def mode(self) -> str | tuple[str, ...]:
+        """The hidden layer's mode at depth 1; one per layer, bottom up, deeper."""
+        return self._per_layer("mode")
+
+    @property
+    def k(self) -> int | None | tuple[int | None, ...]:
+        """The hidden layer's rank at depth 1; one per layer, bottom up, deeper."""
+        return self._per_layer("k")
+
+    @property
+    def sketch(self) -> str | None | tuple[str | None, ...]:
+        """The hidden layer's sketch kind at depth 1; one per layer, bottom up, deeper."""
+        return self._per_layer("sketch")
+
+    def _per_layer(self, name: str) -> object:
+        values = tuple(getattr(layer, name) for layer in self.layers)
+        return values[0] if self.depth == 1 else values
+
     def only_layer(self, what: str) -> Layer:
         """The one hidden layer, for the computations that cover depth 1 so far (`what`)."""
         if self.depth != 1:
@@ -89,17 +114,72 @@ class Network(nn.Module):
         return getattr(owner, group.name)
 
     def cost(self) -> NetCost:
-        """Per-point cost of the whole net (all neurons of every layer): parameters and FLOPs."""
-        return sum((layer.cost() for layer in self.layers), readout_cost(self.m, self.train_output))
+        """Per-point cost of the whole net (all neurons of every layer): parameters and FLOPs
+        of the forward pass and of the blocked training step (train.blocked), in which the last
+        layer recomputes its pre-activations in neuron blocks and the layers below it run whole
+        under plain autograd, each with its relu and scale, passing the gradient down to the
+        first layer."""
+        total = readout_cost(self.m, self.train_output)
+        for i, layer in enumerate(self.layers):
+            last = i == self.depth - 1
+            total += layer.cost(recompute=last, input_grad=i > 0)
+            if not last:
+                total += activation_cost(layer.m)
+        return total
 
     def gram_flops(self, rows: int, cols: int) -> int:
         """FLOPs of one rows x cols Gram tile over all shards: each point's forward pass, then
-        every trained group's products."""
+        every trained group's products. A deep net also passes each point forward below the
+        last layer again and its backprop signal down (ntk.empirical: the partial, then the
+        finish), and counts both n x n products of each term."""
         flops = self.cost().forward_flops * (rows + cols)
+        if self.depth == 1:
+            for g in self.groups:
+                layer = self.layers[-1 if g.layer is None else g.layer]
+                flops += group_gram_flops(g.role, rows, cols, layer.m, layer.k)
+            return flops
+        for i, layer in enumerate(self.layers):
+            forward = layer.cost(recompute=False).forward_flops
+            below = i < self.depth - 1
+            again = forward + 2 * layer.m if below else 0  # the finish's forward pass
+            back = (forward if i > 0 else 0) + (2 * layer.m if below else 0)
+            flops += (again + back) * (rows + cols)
         for g in self.groups:
             layer = self.layers[-1 if g.layer is None else g.layer]
-            flops += group_gram_flops(g.role, rows, cols, layer.m, layer.k)
+            dim = layer.d if g.role is Role.RANK else layer.feature_dim
+            flops += deep_group_gram_flops(g.role, rows, cols, layer.m, layer.k, dim)
         return flops
+
+    def analytic_inputs(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Inputs on which the analytic ReLU kernel of the net's depth is its infinite-width
+        limit, if it has one: every layer dense, except that the first may be sketch_in (the
+        kernel on the sketched Z = X V^T); otherwise None (a factorized hidden layer keeps its
+        rank k fixed as the widths grow: no deterministic limit)."""
+        if any(layer.mode != "dense" for layer in self.layers[1:]):
+            return None
+        return self.layers[0].analytic_inputs(x)
+
+    def iter_inputs(self, x: torch.Tensor) -> Iterator[torch.Tensor]:
+        """s^l = c_l h^{l-1} for l = 1..L, bottom up (s^1 = x). Layer l's pre-activations on
+        s^l are g^l = c_l W^l h^{l-1}: the scale rides on the input, so every per-layer
+        computation (kernels, blocked step) treats a layer like the first, and relu'(g^l) is
+        s^{l+1} > 0 (c_{l+1} > 0)."""
+        s = x
+        yield s
+        for c, layer in zip(self.scales[1:], self.layers[:-1]):
+            s = torch.relu(layer(s)) * c
+            yield s
+
+    def layer_inputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """[s^1, ..., s^L]: every layer's scaled input (n x m_{l-1} each), plain autograd."""
+        return list(self.iter_inputs(x))
+
+    def last_input(self, x: torch.Tensor) -> torch.Tensor:
+        """s^L = c_L h^{L-1}(X), the last layer's scaled input (x itself at depth 1), holding
+        one layer's activations at a time."""
+        for s in self.iter_inputs(x):  # noqa: B007 - the last one is wanted
+            pass
+        return s
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """f(X): (n, d) -> (n,); plain autograd (the reference path; training uses blocks).
@@ -108,8 +188,5 @@ class Network(nn.Module):
         points check for NaN and Inf once per call.
         """
         check_shape(x, self.d, "X")
-        h = x
-        for c, layer in zip(self.scales, self.layers):
-            g = layer(h)
-            h = torch.relu(g if c == 1.0 else c * g)
+        h = torch.relu(self.layers[-1](self.last_input(x)))
         return h @ self.a / math.sqrt(self.m)

@@ -13,7 +13,7 @@ from fntk_dist import TwoLayerNet, empirical_ntk, ntk_matvec
 from fntk_dist.errors import ConfigError
 from fntk_dist.models import InputSketch, Layer, Network, OutputSketch, fwht, net_cost
 from fntk_dist.models.config import ModelConfig
-from fntk_dist.models.cost import readout_cost
+from fntk_dist.models.cost import activation_cost, readout_cost
 from fntk_dist.ntk import finish_gram, gram_partial
 
 
@@ -167,10 +167,14 @@ def test_deep_network_follows_the_scaling_convention():
     assert net.depth == 3 and net.d == 5 and net.m == 10
     assert [g.key for g in net.groups] == [("layer0", "W"), ("layer1", "U"), ("layer1", "V"),
                                            ("layer2", "U"), ("readout", "a")]
-    assert net.cost() == layers[0].cost() + layers[1].cost() + layers[2].cost() + readout_cost(
-        10, True)
-    with pytest.raises(ValueError, match="net: the closed-form Gram covers one hidden layer"):
-        empirical_ntk(net, x)
+    # The blocked step: the last layer recomputes its pre-activations; the layers below run
+    # whole, each with its relu and the next layer's scale, and pass the gradient down.
+    assert net.cost() == (layers[0].cost(recompute=False) + activation_cost(30)
+                          + layers[1].cost(recompute=False, input_grad=True)
+                          + activation_cost(20) + layers[2].cost(input_grad=True)
+                          + readout_cost(10, True))
+    assert net.mode == ("dense", "lowrank", "sketch_in") and net.k == (None, 4, 3)
+    assert net.sketch == (None, None, "srht")
 
 
 @pytest.mark.parametrize("layers,msg", [
