@@ -65,7 +65,8 @@ def batch_size(cfg: RunConfig, n: int) -> int:
 def check_model(cfg: RunConfig, d: int) -> None:
     """The net can be built for inputs of dimension d (e.g. an srht sketch needs k <= d
     padded to a power of two). Builds one neuron only: cheap at any width."""
-    if cfg.model.mode == "sketch_in" and cfg.model.k is not None and cfg.model.k > d:
+    if (cfg.model.hidden_layers == 1 and cfg.model.mode == "sketch_in" and cfg.model.k is not None
+            and cfg.model.k > d):  # deeper, a rank above the fan-in is refused when built
         warnings.warn(f"model.k: sketch_in maps the d={d} inputs to k={cfg.model.k} > d "
                       "features, a sketch that does not reduce", UserWarning, stacklevel=2)
     try:
@@ -94,6 +95,7 @@ def check_train(cfg: RunConfig, data: Dataset) -> TrainPlan:
     if not distributed(cfg):
         _refuse_unused(cfg)
         return TrainPlan(False, 1, 1, batch)
+    _refuse_deep(cfg, "distributed training")
     width, data = _mesh(cfg)
     if batch < data:
         raise ConfigError(f"dist.data: {data} data-parallel replicas need at least one point "
@@ -126,9 +128,20 @@ def _refuse_unused(cfg: RunConfig) -> None:
                               "--workers (or dist.workers), or drop it")
 
 
+def _refuse_deep(cfg: RunConfig, what: str) -> None:
+    """The Ray jobs build and place one hidden layer (fntk_dist.distributed) so far."""
+    depth = cfg.model.hidden_layers
+    if depth > 1:
+        key = "model.layers" if cfg.model.layers is not None else "model.depth"
+        raise ConfigError(f"{key}: {what} covers one hidden layer so far, got depth {depth}; "
+                          "drop --workers (and dist.address) to run it in one process")
+
+
 def check_gram(cfg: RunConfig, n: int, d: int) -> GramPlan:
     """The layout of `fntk gram` for n points of dimension d; ConfigError for a broken rule."""
     check_model(cfg, d)
+    if distributed(cfg):
+        _refuse_deep(cfg, "the distributed Gram")
     workers = cfg.dist.workers or 1
     if workers > cfg.model.m:
         raise ConfigError(f"dist.workers: {workers} workers but only m={cfg.model.m} neurons "

@@ -101,13 +101,6 @@ class Network(nn.Module):
         values = tuple(getattr(layer, name) for layer in self.layers)
         return values[0] if self.depth == 1 else values
 
-    def only_layer(self, what: str) -> Layer:
-        """The one hidden layer, for the computations that cover depth 1 so far (`what`)."""
-        if self.depth != 1:
-            raise ValueError(f"net: {what} covers one hidden layer so far, got depth "
-                             f"{self.depth} (plain autograd covers any: net(x), autograd_ntk)")
-        return self.layers[0]
-
     def parameter(self, group: Group) -> nn.Parameter:
         """The tensor of a trained group."""
         owner = self if group.layer is None else self.layers[group.layer]

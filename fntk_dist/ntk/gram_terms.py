@@ -1,4 +1,5 @@
-"""Each trained group's Gram term, summed neuron block by neuron block, then finished.
+"""Each trained group's Gram term of the last hidden layer and the readout, summed neuron
+block by neuron block, then finished.
 
 For the last hidden layer, with S = 1[P > 0] for pre-activations P, the backprop signal is
 Delta = S diag(a) / sqrt(m). The 1/m common to every term is applied once, by finish_gram, so
@@ -7,8 +8,10 @@ the sums here are of Delta' = S diag(a):
     ROWS     sum_r Delta'_r(X1) Delta'_r(X2)^T        finished as (F1 F2^T) o sum
     RANK     G = Delta' U for X1 and X2 (n x k)       finished as (A1 A2^T) o (G1 G2^T)
     READOUT  sum_r relu(P_r(X1)) relu(P_r(X2))^T      finished as the sum itself
+    back     sum_r Delta'_r w_r (in feature space)    a deep net's signal to its lower layers
 
-with F the layer's features (X, or Z = X V^T) and A its input.
+with A the layer's input (X at depth 1, the scaled s^L = c_L h^{L-1} deeper, which puts the
+scale c_L^2 into F and A) and F its features (A, or Z = A V^T).
 """
 
 from __future__ import annotations
@@ -87,6 +90,35 @@ class _RankSum:
         return RankSum(self.key, self.g1, self.g2)
 
 
+class _BackSum:
+    """sum_r Delta'_r w_r in the layer's feature space (Layer.to_features), for X1 and X2,
+    summed in float64: the signal a deep net's lower layers backpropagate. A factorized layer
+    whose V trains has it already, as its RANK term's G: then it is that G, copied (every
+    summed tensor of a partial is its own, for all_reduce_)."""
+
+    def __init__(self, layer: Layer, n1: int, n2: int, device: torch.device, sym: bool,
+                 rank: _RankSum | None):
+        self.key, self.layer, self.rank = (f"layer{layer.index}", "back"), layer, rank
+        if rank is None:
+            self.g1 = torch.zeros(n1, layer.feature_dim, dtype=F64, device=device)
+            self.g2 = self.g1 if sym else torch.zeros(n2, layer.feature_dim, dtype=F64,
+                                                      device=device)
+
+    def add(self, b: Block) -> None:
+        if self.rank is not None:
+            return
+        self.g1 += self.layer.to_features((b.p1 > 0).to(b.p1.dtype) * b.a, b.i0, b.i1).to(F64)
+        if self.g2 is not self.g1:
+            self.g2 += self.layer.to_features((b.p2 > 0).to(b.p2.dtype) * b.a, b.i0,
+                                              b.i1).to(F64)
+
+    def result(self) -> RankSum:
+        if self.rank is None:
+            return RankSum(self.key, self.g1, self.g2)
+        g1 = self.rank.g1.clone()
+        return RankSum(self.key, g1, g1 if self.rank.g2 is self.rank.g1 else self.rank.g2.clone())
+
+
 class _ReadoutSum:
     """sum_r relu(P_r(X1)) relu(P_r(X2))^T, each block's product summed in float64."""
 
@@ -116,6 +148,13 @@ def running_sums(groups: tuple[Group, ...], layer: Layer, a: torch.Tensor, n1: i
         Role.READOUT: lambda g: _ReadoutSum(g, n1, n2, dev),
     }
     return [made[g.role](g) for g in groups]
+
+
+def back_sum(sums: list, layer: Layer, n1: int, n2: int, device: torch.device,
+             sym: bool) -> _BackSum:
+    """The running backprop signal of a deep net's last layer, sharing a RANK sum's G."""
+    rank = next((s for s in sums if isinstance(s, _RankSum)), None)
+    return _BackSum(layer, n1, n2, device, sym, rank)
 
 
 def finish_term(term: Term, role: Role, layer: Layer, x1: torch.Tensor,

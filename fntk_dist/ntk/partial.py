@@ -39,6 +39,8 @@ class NeuronSum:
 @dataclass
 class RankSum:
     """G(X1) and G(X2), (n, k) float64, with G = Delta U summed over neurons: a RANK term.
+    Also a deep net's backprop signal into its last layer's features, Delta W summed over
+    that layer's neurons (GramPartial.back).
 
     g2 is g1 itself for a Gram of X against itself (one sum to reduce, not two).
     """
@@ -65,23 +67,35 @@ Term = NeuronSum | RankSum
 
 @dataclass
 class GramPartial:
-    """The sums of every trained group's NTK term over a set of neurons, in the net's group
-    order. Partials of disjoint neuron sets add (p1 + p2, or sum(parts)); finish_gram turns the
-    total over all neurons into the Gram."""
+    """The sums of the last hidden layer's and the readout's NTK terms over a set of that
+    layer's neurons, in the net's group order. Partials of disjoint neuron sets add (p1 + p2,
+    or sum(parts)); finish_gram turns the total over all neurons into the Gram.
+
+    back: in a deep net whose lower layers train, the backprop signal those layers' terms
+    start from: sum_r delta_r w_r over the last layer's neurons, in its feature space (n x k
+    factorized, n x m_{L-1} dense). It is linear in the neurons, so it adds over shards like
+    G, and finish_gram carries it down through the (whole) lower layers.
+    """
 
     terms: tuple[Term, ...]
+    back: RankSum | None = None
 
     @property
     def keys(self) -> tuple[tuple[str, str], ...]:
         """The terms' names: ("layer0", "U"), ("readout", "a"), ..."""
         return tuple(t.key for t in self.terms)
 
+    def _sums(self) -> tuple[Term, ...]:
+        return self.terms if self.back is None else (*self.terms, self.back)
+
     def __add__(self, other: GramPartial) -> GramPartial:
         if not isinstance(other, GramPartial):
             return NotImplemented
-        if other.keys != self.keys:
-            raise ValueError(f"part: cannot add partials of terms {self.keys} and {other.keys}")
-        return GramPartial(tuple(a + b for a, b in zip(self.terms, other.terms)))
+        if other.keys != self.keys or (other.back is None) != (self.back is None):
+            raise ValueError(f"part: cannot add partials of terms {self.keys} and {other.keys}"
+                             f" (back signal: {self.back is not None}, {other.back is not None})")
+        back = None if self.back is None else self.back + other.back
+        return GramPartial(tuple(a + b for a, b in zip(self.terms, other.terms)), back)
 
     def __radd__(self, other: object) -> GramPartial:
         if isinstance(other, int) and other == 0:  # sum(parts) starts from 0
@@ -91,13 +105,14 @@ class GramPartial:
     def all_reduce_(self, sum_fn: Callable[[torch.Tensor], object]) -> GramPartial:
         """Apply an in-place sum over processes (e.g. a torch.distributed all-reduce over the
         width shards) to every summed tensor, once each; returns self."""
-        for term in self.terms:
+        for term in self._sums():
             for t in term.tensors():
                 sum_fn(t)
         return self
 
     def to(self, device: torch.device | str) -> GramPartial:
-        return GramPartial(tuple(t.to(device) for t in self.terms))
+        back = None if self.back is None else self.back.to(device)
+        return GramPartial(tuple(t.to(device) for t in self.terms), back)
 
     def cpu(self) -> GramPartial:
         return self.to("cpu")

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import torch
 
-from ..models.net import TwoLayerNet
-from .analytic import analytic_ntk
+from ..models.network import Network
 from .empirical import empirical_ntk
+from .limit import analytic_gram
 
 
 def _f64(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -68,7 +68,7 @@ def kernel_predict(
 
 
 def empirical_ntk_predict(
-    net: TwoLayerNet, x: torch.Tensor, y: torch.Tensor, x_test: torch.Tensor,
+    net: Network, x: torch.Tensor, y: torch.Tensor, x_test: torch.Tensor,
     block: int | None = None,
 ) -> torch.Tensor:
     """The infinite-time predictor of net linearised at its current weights, on x_test."""
@@ -80,18 +80,17 @@ def empirical_ntk_predict(
 
 
 def analytic_ntk_predict(
-    net: TwoLayerNet, x: torch.Tensor, y: torch.Tensor, x_test: torch.Tensor,
+    net: Network, x: torch.Tensor, y: torch.Tensor, x_test: torch.Tensor,
 ) -> torch.Tensor | None:
     """The infinite-width predictor (analytic kernel, f0 = 0) where the net has one, else None.
 
-    dense: the kernel on X; sketch_in: on the sketched inputs Z = X V^T (DESIGN section 3).
+    Dense layers: the kernel of the net's depth on X; a sketch_in first layer: on the sketched
+    inputs Z = X V^T (limit.analytic_gram).
     """
-    ax, axt = net.analytic_inputs(x), net.analytic_inputs(x_test)
-    if ax is None:
+    h = analytic_gram(net, x)
+    if h is None:
         return None
-    h = analytic_ntk(ax, train_output=net.train_output)
-    hc = analytic_ntk(axt, ax, train_output=net.train_output)
-    return kernel_predict(h, hc, y)
+    return kernel_predict(h, analytic_gram(net, x_test, x), y)
 
 
 def prediction_errors(pred: torch.Tensor, y_test: torch.Tensor) -> dict[str, float]:

@@ -1,4 +1,4 @@
-"""The neuron-blocked output and its gradients against plain autograd, every mode."""
+"""The neuron-blocked output and its gradients against plain autograd, every mode and depth."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import torch
 from conftest import net_grid
 
 from fntk_dist import TwoLayerNet
+from fntk_dist.models import LayerSpec, build_network
 from fntk_dist.train.blocked import blocked_output
 
 
@@ -26,3 +27,25 @@ def test_blocked_gradients_match_autograd(mode, sketch, train_output, block):
     got = torch.autograd.grad(0.5 * ((out - y) ** 2).sum(), params)
     for a, b in zip(got, ref):
         assert torch.allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode,sketch", net_grid())
+@pytest.mark.parametrize("train_output", [False, True])
+@pytest.mark.parametrize("block", [1, 7, None])
+def test_deep_blocked_gradients_match_autograd(mode, sketch, train_output, block):
+    # Depth 2 and 3, every kind at the top (the blocked layer) and in the middle (autograd's).
+    k = None if mode == "dense" else 4
+    for specs in ([LayerSpec(12, "sketch_in", 5, "srht"), LayerSpec(30, mode, k, sketch)],
+                  [LayerSpec(12, "dense"), LayerSpec(10, mode, k, sketch),
+                   LayerSpec(25, "lowrank", 3)]):
+        net = build_network(9, specs, train_output=train_output, seed=3, dtype=torch.float64)
+        g = torch.Generator().manual_seed(5)
+        x = torch.randn(11, 9, generator=g, dtype=torch.float64)
+        y = torch.randn(11, generator=g, dtype=torch.float64)
+        params = [p for p in net.parameters() if p.requires_grad]
+        ref = torch.autograd.grad(0.5 * ((net(x) - y) ** 2).sum(), params)
+        out = blocked_output(net, x, block)
+        assert torch.allclose(out, net(x), rtol=0, atol=1e-13)
+        got = torch.autograd.grad(0.5 * ((out - y) ** 2).sum(), params)
+        for a, b in zip(got, ref):
+            assert float((a - b).abs().max()) <= 1e-12 * float(b.abs().max())
