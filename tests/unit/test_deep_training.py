@@ -1,5 +1,5 @@
-"""Single-process training of deep nets: the loss falls, the diagnostics are finite and per
-layer, the deep quickstart config is sound, and the mesh refuses depth > 1 in one line."""
+"""Deep nets in one process: training (the loss falls, the diagnostics are finite and per
+layer), the deep quickstart config, `fntk gram`, and the mesh refusing depth > 1 in one line."""
 
 from __future__ import annotations
 
@@ -7,14 +7,18 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 import yaml
 
+from fntk_dist import autograd_ntk
 from fntk_dist.checks import check_gram, check_train
 from fntk_dist.cli.main import main
 from fntk_dist.config import ConfigError, build_config, load_config
 from fntk_dist.data import load_dataset
+from fntk_dist.gram.tile_store import load_gram
 from fntk_dist.train.job import run_train_job
 
 CONFIGS = Path(__file__).parents[2] / "configs"
@@ -79,3 +83,20 @@ def test_the_mesh_refuses_deep_nets_in_one_line(tmp_path, capsys, section):
     assert err.startswith(f"fntk: error: {key}: distributed training") and "\n" not in err
     assert not out.exists()
     assert json.loads(json.dumps(cfg.model.model_dump()))  # plain data, as run folders keep it
+
+
+def test_fntk_gram_of_a_deep_net_in_one_process(tmp_path):
+    raw = {"model": {"layers": [{"m": 40, "mode": "dense"},
+                                {"m": 30, "mode": "sketch_out", "k": 6, "sketch": "srht"},
+                                {"m": 20, "mode": "lowrank", "k": 5}],
+                     "train_output": True, "dtype": "float64"},
+           "data": {"source": "sphere", "n": 30, "d": 8}, "gram": {"tile": 12},
+           "tracking": {"wandb": False}}
+    path = tmp_path / "gram.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["gram", str(path), "--out", str(tmp_path / "g"), "--quiet"]) == 0
+    cfg = load_config(path)
+    data = load_dataset(cfg.data)
+    ref = autograd_ntk(cfg.model.build(data.d), torch.as_tensor(data.x)).numpy()
+    h = load_gram(tmp_path / "g")  # 6 tiles, each finished by a net holding one neuron
+    assert np.abs(h - ref).max() < 1e-12 * np.abs(ref).max()
