@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..config import RunConfig
-from ..models.net import TwoLayerNet
+from ..models.network import Network
 from ..train.blocked import blocked_output
 from ..train.parts import Mesh, make_optimizer
 
@@ -57,7 +57,7 @@ def ds_config(cfg: RunConfig, micro_batch: int, data: int) -> dict:
 
 
 class DeepSpeedEngine:
-    def __init__(self, net: TwoLayerNet, cfg: RunConfig, eta: float, rows: int,
+    def __init__(self, net: Network, cfg: RunConfig, eta: float, rows: int,
                  mesh: Mesh) -> None:
         import deepspeed
 

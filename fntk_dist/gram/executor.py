@@ -19,7 +19,7 @@ from ..ntk import GramPartial, gram_partial
 
 if TYPE_CHECKING:
     from ..config import RunConfig
-    from ..models.net import TwoLayerNet
+    from ..models.network import Network
 
 Span = tuple[tuple[int, int], tuple[int, int]]  # a tile's rows [r0, r1) and cols [c0, c1)
 
@@ -35,7 +35,7 @@ class TileExecutor(Protocol):
         """Releases the workers."""
 
 
-def span_partial(net: TwoLayerNet, x: torch.Tensor, span: Span, block: int | None) -> GramPartial:
+def span_partial(net: Network, x: torch.Tensor, span: Span, block: int | None) -> GramPartial:
     """The partial of net's neurons for one tile of the points x (on the net's device), on the
     CPU, where the job finishes tiles."""
     (r0, r1), (c0, c1) = span

@@ -106,8 +106,9 @@ def run_gram_job(cfg: RunConfig, out_dir: Path, progress: bool = True) -> dict:
         tracker.abort()
         raise
     summary = {
-        "n": n, "d": d, "m": cfg.model.m, "mode": cfg.model.mode, "k": cfg.model.k,
-        "sketch": finisher.sketch, "train_output": cfg.model.train_output,
+        # The net's own account of itself: per-layer lists for mode, k and sketch at depth > 1.
+        "n": n, "d": d, "depth": finisher.depth, "m": finisher.m, "mode": finisher.mode,
+        "k": finisher.k, "sketch": finisher.sketch, "train_output": finisher.train_output,
         "dtype": cfg.model.dtype, "device": info["device"], "workers": plan.workers,
         "shard_nodes": info["shard_nodes"], "tile": plan.tile, "tiles": len(store.all_tiles()),
         "tiles_computed": len(todo), "tiles_resumed": resumed, **spectral,

@@ -16,10 +16,10 @@ from .executor import Span, TileExecutor
 from .tile_store import TileStore
 
 if TYPE_CHECKING:
-    from ..models.net import TwoLayerNet
+    from ..models.network import Network
 
 
-def finish_tile(finisher: TwoLayerNet, parts: list[GramPartial], x: torch.Tensor,
+def finish_tile(finisher: Network, parts: list[GramPartial], x: torch.Tensor,
                 span: Span) -> np.ndarray:
     """The tile from its shards' partials, which together cover all neurons: summed (their
     sums are float64, so they add in float64), then finished once. finisher: the net's
@@ -29,7 +29,7 @@ def finish_tile(finisher: TwoLayerNet, parts: list[GramPartial], x: torch.Tensor
     return finish_gram(finisher, sum(parts), x[r0:r1], x2).numpy()
 
 
-def write_tiles(store: TileStore, executor: TileExecutor, finisher: TwoLayerNet,
+def write_tiles(store: TileStore, executor: TileExecutor, finisher: Network,
                 x: torch.Tensor, todo: list[tuple[int, int]], tracker: Tracker,
                 bar: tqdm) -> None:
     """Computes the tiles `todo` and stores each with its FLOPs and its wall seconds since the

@@ -28,7 +28,7 @@ from ..config import RunConfig
 from ..data import Dataset
 from ..distributed.parallelize import neuron_range, shard_ranges, sum_output, sum_shared_gradients
 from ..interrupts import Interrupted
-from ..models.net import TwoLayerNet
+from ..models.network import Network
 from ..runtime import as_dtype, synchronize
 from ..track import make_tracker
 from .diagnostics import Diagnostics
@@ -62,7 +62,7 @@ def _rss_mb(mesh: Mesh) -> tuple[float, float]:
 
 def train_loop(
     cfg: RunConfig, out_dir: Path, data: Dataset, *, mesh: Mesh, device: torch.device,
-    make_engine: Callable[[TwoLayerNet, float, int], Engine], checkpointer: Checkpointer,
+    make_engine: Callable[[Network, float, int], Engine], checkpointer: Checkpointer,
     run_id: str | None = None, progress: bool = True, bar_class: type = tqdm,
     stop_requested: Callable[[], bool] = lambda: False,
 ) -> dict:

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import torch
 
-from ..models.net import TwoLayerNet
+from ..models.network import Network
 from .blocked import blocked_output
 from .config import TrainConfig
 
@@ -73,7 +73,7 @@ class TorchEngine:
 
     FILE = "engine.pt"
 
-    def __init__(self, net: TwoLayerNet, tc: TrainConfig, eta: float) -> None:
+    def __init__(self, net: Network, tc: TrainConfig, eta: float) -> None:
         self.net, self.block = net, tc.block
         self.opt = make_optimizer(tc, [p for p in net.parameters() if p.requires_grad], eta)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import RunConfig
-from ..models.net import TwoLayerNet
+from ..models.network import Network
 from ..track import Tracker
 from .diagnostics import Diagnostics, fitted_rate
 from .plots import plot_loss
@@ -14,7 +14,7 @@ from .plots import plot_loss
 
 def finish_run(cfg: RunConfig, out_dir: Path, tracker: Tracker, *, rows: list[dict],
                step_seconds: list[float], target_step: int | None, diag: Diagnostics,
-               net: TwoLayerNet, n: int, d: int, eta: float, batch: int,
+               net: Network, n: int, d: int, eta: float, batch: int,
                final: dict | None = None, extra: dict | None = None) -> dict:
     """rows: what the tracker logged (each with its step); final: extra end-of-run numbers."""
     tc = cfg.train
@@ -34,7 +34,7 @@ def finish_run(cfg: RunConfig, out_dir: Path, tracker: Tracker, *, rows: list[di
     mean_step = sum(step_seconds) / len(step_seconds) if step_seconds else None
     summary = {
         "name": cfg.name or out_dir.name, "n": n, "d": d,
-        "mode": net.mode, "m": net.m, "k": net.k, "sketch": net.sketch,
+        "depth": net.depth, "mode": net.mode, "m": net.m, "k": net.k, "sketch": net.sketch,
         "train_output": net.train_output, "optimizer": tc.optimizer, "eta": eta,
         "steps": tc.steps, "trainable_params": cost.trainable_params,
         "flops_per_step": cost.train_step_flops * batch,
