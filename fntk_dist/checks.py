@@ -7,14 +7,19 @@ nothing is started or written.
 
 from __future__ import annotations
 
+import functools
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
 from .config import RunConfig
 from .data import Dataset
 from .errors import ConfigError
+
+T = TypeVar("T")
 
 
 def distributed(cfg: RunConfig) -> bool:
@@ -77,6 +82,22 @@ def check_model(cfg: RunConfig, d: int) -> None:
         raise ConfigError(str(err) if str(err).startswith("model.") else f"model.{err}") from None
 
 
+def _naming_the_file(check: Callable[..., T]) -> Callable[..., T]:
+    """A broken rule of a config read from a file names the file, as load_config does."""
+
+    @functools.wraps(check)
+    def checked(cfg: RunConfig, *args: object) -> T:
+        try:
+            return check(cfg, *args)
+        except ConfigError as err:
+            if cfg.source is None or str(err).startswith(cfg.source):
+                raise
+            raise ConfigError(f"{cfg.source}: {err}") from None
+
+    return checked
+
+
+@_naming_the_file
 def check_train(cfg: RunConfig, data: Dataset) -> TrainPlan:
     """The layout of `fntk train` on data; ConfigError for a broken rule."""
     tc, ds = cfg.train, cfg.deepspeed
@@ -137,6 +158,7 @@ def _refuse_deep(cfg: RunConfig, what: str) -> None:
                           "drop --workers (and dist.address) to run it in one process")
 
 
+@_naming_the_file
 def check_gram(cfg: RunConfig, n: int, d: int) -> GramPlan:
     """The layout of `fntk gram` for n points of dimension d; ConfigError for a broken rule."""
     check_model(cfg, d)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from .data.config import DataConfig
 from .distributed.config import DeepSpeedConfig, DistConfig
@@ -35,6 +35,13 @@ class RunConfig(BaseModel):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     dist: DistConfig = Field(default_factory=DistConfig)
     deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
+    # The file it was read from, if any: the rules checked later (fntk_dist.checks) name it
+    # as load_config's own errors do. Not part of the config (never dumped).
+    _source: str | None = PrivateAttr(default=None)
+
+    @property
+    def source(self) -> str | None:
+        return self._source
 
 
 def _format(err: ValidationError, source: str) -> str:
@@ -140,7 +147,9 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
     path = Path(path)
     raw = read_yaml_mapping(path, "config", "sections")
     cfg = build_config(raw, overrides, str(path))
-    return cfg if cfg.name else cfg.model_copy(update={"name": path.stem})
+    cfg = cfg if cfg.name else cfg.model_copy(update={"name": path.stem})
+    cfg._source = str(path)
+    return cfg
 
 
 def dump_config(cfg: RunConfig) -> str:

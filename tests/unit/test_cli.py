@@ -208,3 +208,14 @@ def test_a_sketch_that_does_not_reduce_is_one_warning_line(tmp_path):
     warned = [line for line in proc.stderr.splitlines() if "warning" in line]
     assert warned == ["fntk: warning: model.k: sketch_in maps the d=16 inputs to k=20 > d "
                       "features, a sketch that does not reduce"]
+
+
+def test_rules_checked_after_loading_name_the_file(tmp_path, capsys):
+    """An empty file is the default config, whose sketch_in net lacks a rank: the line names
+    the file as well as the key, like every error found while loading it."""
+    path = tmp_path / "empty.yaml"
+    path.write_text("")
+    assert main(["train", str(path), "--out", str(tmp_path / "r"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"fntk: error: {path}: model.k: mode 'sketch_in' needs a rank k "
+                   "(1 <= k <= m)"]
