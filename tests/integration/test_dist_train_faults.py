@@ -143,7 +143,7 @@ def test_killed_single_process_run_resumes_from_its_checkpoint(tmp_path, referen
 def test_ctrl_c_on_a_distributed_run_is_one_line_and_resumes(tmp_path):
     """SIGINT to `fntk train --workers 2`: Ray Train aborts the run, fntk says so in one line
     and exits 130, and --resume ends on the one-process curve."""
-    raw = {**RAW, "train": {**RAW["train"], "steps": 200}, "tracking": {"wandb": False}}
+    raw = {**RAW, "train": {**RAW["train"], "steps": 80}, "tracking": {"wandb": False}}
     out = tmp_path / "run"
     proc = start(tmp_path, out, raw=raw)
     wait_for_checkpoint(proc, out, after=0)
@@ -159,6 +159,6 @@ def test_ctrl_c_on_a_distributed_run_is_one_line_and_resumes(tmp_path):
     single = tmp_path / "single"
     run_train_job(build_config({**raw, "dist": {}}, source="test"), single, progress=False)
     got, ref = losses(out), losses(single)
-    assert len(got) == len(ref) == 201
+    assert len(got) == len(ref) == 81
     for a, b in zip(got, ref, strict=True):
         assert a == pytest.approx(b, rel=1e-9)
