@@ -116,7 +116,7 @@ def check_train(cfg: RunConfig, data: Dataset) -> TrainPlan:
     if not distributed(cfg):
         _refuse_unused(cfg)
         return TrainPlan(False, 1, 1, batch)
-    _refuse_deep(cfg, "distributed training")
+    _refuse_deep(cfg)
     width, data = _mesh(cfg)
     if batch < data:
         raise ConfigError(f"dist.data: {data} data-parallel replicas need at least one point "
@@ -149,21 +149,20 @@ def _refuse_unused(cfg: RunConfig) -> None:
                               "--workers (or dist.workers), or drop it")
 
 
-def _refuse_deep(cfg: RunConfig, what: str) -> None:
-    """The Ray jobs build and place one hidden layer (fntk_dist.distributed) so far."""
+def _refuse_deep(cfg: RunConfig) -> None:
+    """The training mesh splits one hidden layer (fntk_dist.distributed) so far."""
     depth = cfg.model.hidden_layers
     if depth > 1:
         key = "model.layers" if cfg.model.layers is not None else "model.depth"
-        raise ConfigError(f"{key}: {what} covers one hidden layer so far, got depth {depth}; "
-                          "drop --workers (and dist.address) to run it in one process")
+        raise ConfigError(f"{key}: distributed training covers one hidden layer so far, got "
+                          f"depth {depth}; drop --workers (and dist.address) to train it in "
+                          "one process")
 
 
 @_naming_the_file
 def check_gram(cfg: RunConfig, n: int, d: int) -> GramPlan:
     """The layout of `fntk gram` for n points of dimension d; ConfigError for a broken rule."""
     check_model(cfg, d)
-    if distributed(cfg):
-        _refuse_deep(cfg, "the distributed Gram")
     workers = cfg.dist.workers or 1
     if workers > cfg.model.m:
         raise ConfigError(f"dist.workers: {workers} workers but only m={cfg.model.m} neurons "

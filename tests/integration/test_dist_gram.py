@@ -51,6 +51,21 @@ def ray_cluster():
     shutdown()
 
 
+def test_a_deep_net_on_any_worker_count_gives_the_closed_form(ray_cluster, tmp_path):
+    """Depth 3, mixed layers: the shards split the last layer, and their partials (with its
+    backprop signal, summed like G) add up to the one-process Gram."""
+    layers = [{"m": 24, "mode": "sketch_in", "k": 4, "sketch": "srht"},
+              {"m": 30, "mode": "lowrank", "k": 5}, {"m": 41, "mode": "dense"}]
+    ref = None
+    for workers in (None, 2, 3):
+        cfg = config({"layers": layers, "train_output": True}, workers=workers)
+        ref = reference(cfg) if ref is None else ref
+        summary = run_gram_job(cfg, tmp_path / f"w{workers}", progress=False)
+        assert summary["depth"] == 3 and summary["workers"] == (workers or 1)
+        np.testing.assert_allclose(load_gram(tmp_path / f"w{workers}"), ref, rtol=0,
+                                   atol=1e-10 * np.abs(ref).max())
+
+
 @pytest.mark.parametrize("mode", MODELS)
 def test_any_worker_count_gives_the_single_process_gram(ray_cluster, tmp_path, mode):
     ref = None

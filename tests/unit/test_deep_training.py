@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from fntk_dist import autograd_ntk
-from fntk_dist.checks import check_gram, check_train
+from fntk_dist.checks import check_train
 from fntk_dist.cli.main import main
 from fntk_dist.config import ConfigError, build_config, load_config
 from fntk_dist.data import load_dataset
@@ -64,7 +64,7 @@ def test_deep_quickstart_is_a_deep_factorized_net():
 
 @pytest.mark.parametrize("section", [{"layers": MIXED["model"]["layers"]},
                                      {"mode": "lowrank", "m": 64, "k": 4, "depth": 2}])
-def test_the_mesh_refuses_deep_nets_in_one_line(tmp_path, capsys, section):
+def test_the_training_mesh_refuses_deep_nets_in_one_line(tmp_path, capsys, section):
     raw = {**MIXED, "model": section}
     cfg = build_config(raw, ["dist.workers=2"])
     key = "model.layers" if "layers" in section else "model.depth"
@@ -72,15 +72,13 @@ def test_the_mesh_refuses_deep_nets_in_one_line(tmp_path, capsys, section):
     with pytest.raises(ConfigError, match=f"^{key}: distributed training covers one hidden "
                                           "layer so far"):
         check_train(cfg, data)
-    with pytest.raises(ConfigError, match=f"^{key}: the distributed Gram covers one hidden "
-                                          "layer so far"):
-        check_gram(cfg, data.n, data.d)
     path = tmp_path / "deep.yaml"
     path.write_text(yaml.safe_dump(raw))
     out = tmp_path / "run"
     assert main(["train", str(path), "--workers", "2", "--out", str(out), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith(f"fntk: error: {key}: distributed training") and "\n" not in err
+    assert err.startswith(f"fntk: error: {path}: {key}: distributed training")
+    assert "\n" not in err
     assert not out.exists()
     assert json.loads(json.dumps(cfg.model.model_dump()))  # plain data, as run folders keep it
 
