@@ -1,6 +1,10 @@
-"""Torch dtypes and devices by name: shared by the numerical core and every job."""
+"""Torch dtypes and devices by name, and this process's memory: shared by the numerical core
+and every job."""
 
 from __future__ import annotations
+
+import os
+import resource
 
 import torch
 
@@ -30,3 +34,15 @@ def synchronize(device: torch.device) -> None:
     """Wait for the device's queued work (timers around GPU work need it; a no-op on CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def rss_bytes() -> int:
+    """This process's resident memory now."""
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory so far."""
+    # The kernel updates its high-water mark lazily: it may lag the resident memory now.
+    return max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, rss_bytes())

@@ -18,9 +18,10 @@ import torch
 
 from ..config import RunConfig
 from ..errors import ConfigError
-from ..gram.executor import Span, peak_rss_bytes, rss_bytes, span_partial
+from ..gram.executor import Span, span_partial
 from ..models.config import ModelConfig
 from ..ntk import GramPartial
+from ..runtime import peak_rss_bytes, rss_bytes
 from .cluster import connect
 from .parallelize import shard_ranges
 

@@ -8,14 +8,13 @@ in this process; the Ray one (fntk_dist.distributed.gram_actors) has a width-sha
 
 from __future__ import annotations
 
-import os
-import resource
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Protocol
 
 import torch
 
 from ..ntk import GramPartial, gram_partial
+from ..runtime import peak_rss_bytes, rss_bytes
 
 if TYPE_CHECKING:
     from ..config import RunConfig
@@ -41,18 +40,6 @@ def span_partial(net: Network, x: torch.Tensor, span: Span, block: int | None) -
     (r0, r1), (c0, c1) = span
     x2 = None if (r0, r1) == (c0, c1) else x[c0:c1]  # a diagonal tile: the symmetric path
     return gram_partial(net, x[r0:r1], x2, block).cpu()
-
-
-def rss_bytes() -> int:
-    """This process's resident memory now."""
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def peak_rss_bytes() -> int:
-    """This process's peak resident memory so far."""
-    # The kernel updates its high-water mark lazily: it may lag the resident memory now.
-    return max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, rss_bytes())
 
 
 class LocalExecutor:

@@ -13,13 +13,11 @@ rank runs the same steps in lockstep (the collectives need it); rank 0 alone own
 from __future__ import annotations
 
 import json
-import resource
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import psutil
 import torch
 from tqdm import tqdm
 
@@ -29,7 +27,7 @@ from ..data import Dataset
 from ..distributed.parallelize import neuron_range, shard_ranges, sum_output, sum_shared_gradients
 from ..interrupts import Interrupted
 from ..models.network import Network
-from ..runtime import as_dtype, synchronize
+from ..runtime import as_dtype, peak_rss_bytes, rss_bytes, synchronize
 from ..track import make_tracker
 from .diagnostics import Diagnostics
 from .parts import Checkpointer, Engine, Mesh
@@ -54,8 +52,7 @@ class LoopState:
 def _rss_mb(mesh: Mesh) -> tuple[float, float]:
     """(peak, current) resident memory of this process in MiB, each the largest over all ranks
     (a collective). The peak includes building the whole shard before ZeRO partitions it."""
-    rss = torch.tensor([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
-                        psutil.Process().memory_info().rss / 2**20], dtype=torch.float64)
+    rss = torch.tensor([peak_rss_bytes() / 2**20, rss_bytes() / 2**20], dtype=torch.float64)
     mesh.max_all(rss)
     return float(rss[0]), float(rss[1])
 
