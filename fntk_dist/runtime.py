@@ -3,8 +3,10 @@ and every job."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
+from collections.abc import Iterator
 
 import torch
 
@@ -34,6 +36,36 @@ def synchronize(device: torch.device) -> None:
     """Wait for the device's queued work (timers around GPU work need it; a no-op on CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+@contextlib.contextmanager
+def ieee_float32(device: torch.device) -> Iterator[None]:
+    """float32 matrix products in IEEE float32 on CUDA while inside, whatever the process set
+    (TF32 rounds their inputs to 10 bits of mantissa, which moves pre-activations enough to
+    flip activation signs, so it must not reach the NTK's terms); restored on exit.
+
+    Uses the backend's own flag (torch.backends.cuda.matmul.fp32_precision), which reads and
+    restores any of the legacy, global and new TF32 settings without mixing them. A no-op on
+    the CPU, whose float32 products are IEEE already.
+    """
+    if device.type != "cuda":
+        yield
+        return
+    matmul = torch.backends.cuda.matmul
+    before = matmul.fp32_precision
+    matmul.fp32_precision = "ieee"
+    try:
+        yield
+    finally:
+        matmul.fp32_precision = before
+
+
+def free_device_bytes(device: torch.device) -> int:
+    """Bytes a CUDA device can still give this process: what the driver reports free plus what
+    torch's caching allocator holds unused (it keeps freed blocks reserved, so the driver's
+    figure alone would shrink after every step that ran)."""
+    free, _total = torch.cuda.mem_get_info(device)
+    return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
 
 
 def rss_bytes() -> int:

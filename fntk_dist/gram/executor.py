@@ -8,17 +8,20 @@ in this process; the Ray one (fntk_dist.distributed.gram_actors) has a width-sha
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Protocol
 
 import torch
 
-from ..ntk import GramPartial, gram_partial
+from ..models.network import Network
+from ..ntk import GramPartial
+from ..ntk.empirical import partial_sums
+from ..ntk.gram_terms import unit_readout
 from ..runtime import peak_rss_bytes, rss_bytes
 
 if TYPE_CHECKING:
     from ..config import RunConfig
-    from ..models.network import Network
 
 Span = tuple[tuple[int, int], tuple[int, int]]  # a tile's rows [r0, r1) and cols [c0, c1)
 
@@ -34,12 +37,25 @@ class TileExecutor(Protocol):
         """Releases the workers."""
 
 
+# Whether each net's readout is +-1 (ntk.gram_terms.unit_readout): a Gram job's net never
+# changes, so the host synchronisation that answers it happens once per net, not per tile.
+_UNIT_READOUT: weakref.WeakKeyDictionary[Network, bool] = weakref.WeakKeyDictionary()
+
+
 def span_partial(net: Network, x: torch.Tensor, span: Span, block: int | None) -> GramPartial:
-    """The partial of net's neurons for one tile of the points x (on the net's device), on the
-    CPU, where the job finishes tiles."""
+    """The partial of net's neurons for one tile of the points x, on the CPU, where the job
+    finishes tiles.
+
+    x: the job's points in the net's dtype and on its device, checked when the data was read
+    (finite, (n, d)); so a tile queues device work only, and its one synchronisation is the
+    copy of its sums to the CPU.
+    """
+    counts = _UNIT_READOUT.get(net)
+    if counts is None:
+        counts = _UNIT_READOUT[net] = unit_readout(net.a.detach())
     (r0, r1), (c0, c1) = span
     x2 = None if (r0, r1) == (c0, c1) else x[c0:c1]  # a diagonal tile: the symmetric path
-    return gram_partial(net, x[r0:r1], x2, block).cpu()
+    return partial_sums(net, x[r0:r1], x2, block, None, counts).cpu()
 
 
 class LocalExecutor:

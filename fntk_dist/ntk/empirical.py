@@ -18,11 +18,12 @@ from collections.abc import Callable
 
 import torch
 
-from ..models.blocks import neuron_blocks
+from ..models.blocks import default_block, neuron_blocks
 from ..models.network import Network
 from ..models.validation import prepare_inputs
+from ..runtime import ieee_float32
 from .deep_terms import last_groups, lower_gram, lower_groups
-from .gram_terms import Block, back_sum, finish_term, running_sums
+from .gram_terms import Block, back_sum, finish_term, running_sums, unit_readout
 from .partial import GramPartial
 
 # Activations a deep net's Gram holds per point tile: about 4M numbers (tile x sum of widths).
@@ -44,18 +45,29 @@ def gram_partial(
     on_block(done, total) is called after each neuron block (progress reporting).
     """
     x1 = prepare_inputs(x1, net.d, net.dtype, net.device, "X")
+    x2 = None if x2 is None else prepare_inputs(x2, net.d, net.dtype, net.device, "X2")
+    return partial_sums(net, x1, x2, block, on_block, unit_readout(net.a.detach()))
+
+
+def partial_sums(
+    net: Network, x1: torch.Tensor, x2: torch.Tensor | None, block: int | None,
+    on_block: Callable[[int, int], None] | None, counts: bool,
+) -> GramPartial:
+    """gram_partial of inputs already checked (finite, (n, d), the net's dtype and device),
+    with counts = unit_readout(net.a): no host synchronisation, so a caller that computes many
+    tiles of one net checks once (the walk over neuron blocks queues device work only)."""
     sym = x2 is None
-    x2 = x1 if sym else prepare_inputs(x2, net.d, net.dtype, net.device, "X2")
+    x2 = x1 if sym else x2
     layer, n1, n2 = net.layers[-1], x1.shape[0], x2.shape[0]
-    with torch.no_grad():
+    with torch.no_grad(), ieee_float32(net.device):
         a = net.a.detach()
-        sums = running_sums(last_groups(net), layer, a, n1, n2, sym)
+        sums = running_sums(last_groups(net), layer, a, n1, n2, sym, counts)
         back = back_sum(sums, layer, n1, n2, a.device, sym) if lower_groups(net) else None
         s1 = net.last_input(x1)
         s2 = s1 if sym else net.last_input(x2)
         f1 = layer.features(s1)
         f2 = f1 if sym else layer.features(s2)
-        blocks = neuron_blocks(net, block, n1 + n2)
+        blocks = neuron_blocks(net, block, n1 + n2, net.device)
         for done, (i0, i1) in enumerate(blocks, 1):
             p1 = layer.preact(f1, i0, i1)
             b = Block(i0, i1, p1, p1 if sym else layer.preact(f2, i0, i1), a[i0:i1])
@@ -83,11 +95,19 @@ def finish_gram(
     if (part.back is None) != (not lower_groups(net)):
         raise ValueError("part: a deep net whose lower layers train needs the last layer's "
                          "backprop signal (part.back), and only such a net has one")
+    x1 = prepare_inputs(x1, net.d, net.dtype, net.device, "X")
+    x2 = None if x2 is None else prepare_inputs(x2, net.d, net.dtype, net.device, "X2")
+    return _finish(net, part, x1, x2)
+
+
+def _finish(net: Network, part: GramPartial, x1: torch.Tensor,
+            x2: torch.Tensor | None) -> torch.Tensor:
+    """finish_gram of a checked partial and checked inputs (no host synchronisation)."""
+    groups = {g.key: g for g in last_groups(net)}
     layer = net.layers[-1]
     sym = x2 is None
-    x1 = prepare_inputs(x1, net.d, net.dtype, net.device, "X")
-    x2 = x1 if sym else prepare_inputs(x2, net.d, net.dtype, net.device, "X2")
-    with torch.no_grad():
+    x2 = x1 if sym else x2
+    with torch.no_grad(), ieee_float32(net.device):
         if net.depth == 1:
             ins1, ins2 = [x1], [x2]
         else:
@@ -115,7 +135,10 @@ def _tiled(net: Network, x1: torch.Tensor, x2: torch.Tensor | None, block: int |
     rows = _spans(x1.shape[0], tile)
     cols = rows if sym else _spans(x2.shape[0], tile)
     pairs = [(r, c) for i, r in enumerate(rows) for j, c in enumerate(cols) if not sym or j >= i]
+    # One block size for every tile (the largest tile's), so the progress count is exact.
+    block = default_block(net, 2 * tile, net.device) if block is None else block
     todo = [len(neuron_blocks(net, block, (r[1] - r[0]) + (c[1] - c[0]))) for r, c in pairs]
+    counts = unit_readout(net.a.detach())
     h = torch.empty(x1.shape[0], (x1 if sym else x2).shape[0], dtype=net.dtype,
                     device=net.device)
     done = 0
@@ -126,8 +149,8 @@ def _tiled(net: Network, x1: torch.Tensor, x2: torch.Tensor | None, block: int |
         def report(i: int, _total: int, base: int = done) -> None:
             on_block(base + i, sum(todo))
 
-        part = gram_partial(net, a, b, block, None if on_block is None else report)
-        h[r0:r1, c0:c1] = finish_gram(net, part, a, b)
+        part = partial_sums(net, a, b, block, None if on_block is None else report, counts)
+        h[r0:r1, c0:c1] = _finish(net, part, a, b)
         if sym and r0 != c0:
             h[c0:c1, r0:r1] = h[r0:r1, c0:c1].T
         done += count

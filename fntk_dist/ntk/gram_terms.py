@@ -39,15 +39,28 @@ class Block(NamedTuple):
     a: torch.Tensor
 
 
+def overlap_dtype(device: torch.device) -> torch.dtype:
+    """The dtype the 0/1 activation masks are multiplied in for S S^T: bfloat16 on CUDA, where
+    torch.mm(s1, s2.T, torch.float32) runs on tensor cores with float32 accumulation and a
+    float32 result (torch.mm's out_dtype: float32 from float16/bfloat16 inputs, CUDA only), so
+    every count below 2^24 is exact; float32 elsewhere (the CPU has no such product). A plain
+    bfloat16 product would round its output to 8 bits: counts above 256 would be wrong."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
 class _RowsSum:
     """sum_r a_r^2 s_r(X1) s_r(X2)^T. While every a_r is +-1 (a fixed readout, or one not yet
-    moved) that is a count of shared active neurons, exact in a float32 GEMM, which is flushed
-    into float64 before a count could pass 2^24; otherwise the weighted masks are multiplied
-    in the net's dtype and summed in float64."""
+    moved) that is a count of shared active neurons. On the CPU it is a float32 GEMM, exact
+    for integers, into a float32 accumulator flushed into float64 before a count could pass
+    2^24. On CUDA the masks are bfloat16 and each block's product (fewer than 2^24 neurons) is
+    float32 from tensor cores, added into float64 (overlap_dtype). Otherwise the weighted
+    masks are multiplied in the net's dtype and summed in float64."""
 
     def __init__(self, group: Group, n1: int, n2: int, device: torch.device, counts: bool):
         self.key, self.counts, self.pending = group.key, counts, 0
+        self.mask = overlap_dtype(device)
         self.total = torch.zeros(n1, n2, dtype=F64, device=device)
+        # The CPU's float32 accumulator; on CUDA, the buffer each block's product lands in.
         self.count = torch.zeros(n1, n2, dtype=torch.float32, device=device) if counts else None
 
     def add(self, b: Block) -> None:
@@ -57,17 +70,21 @@ class _RowsSum:
             d2 = d1 if sym else (b.p2 > 0).to(b.p2.dtype) * b.a
             self.total += (d1 @ d2.T).to(F64)
             return
+        s1 = (b.p1 > 0).to(self.mask)
+        s2 = s1 if sym else (b.p2 > 0).to(self.mask)
+        if self.mask is torch.bfloat16:
+            torch.mm(s1, s2.T, torch.float32, out=self.count)
+            self.total += self.count
+            return
         if self.pending + (b.i1 - b.i0) >= F32_EXACT:
             self.total += self.count
             self.count.zero_()
             self.pending = 0
-        s1 = (b.p1 > 0).to(torch.float32)
-        s2 = s1 if sym else (b.p2 > 0).to(torch.float32)
         self.count.addmm_(s1, s2.T)
         self.pending += b.i1 - b.i0
 
     def result(self) -> NeuronSum:
-        if self.counts:
+        if self.counts and self.mask is not torch.bfloat16:
             self.total += self.count
         return NeuronSum(self.key, self.total)
 
@@ -134,14 +151,19 @@ class _ReadoutSum:
         return NeuronSum(self.key, self.total)
 
 
+def unit_readout(a: torch.Tensor) -> bool:
+    """Whether every readout weight is +-1, so that S S^T counts neurons (one host sync: a
+    caller that computes many partials of one fixed net asks once)."""
+    return bool((a.abs() == 1).all())
+
+
 def running_sums(groups: tuple[Group, ...], layer: Layer, a: torch.Tensor, n1: int, n2: int,
-                 sym: bool) -> list[_RowsSum | _RankSum | _ReadoutSum]:
+                 sym: bool, counts: bool) -> list[_RowsSum | _RankSum | _ReadoutSum]:
     """One running sum per trained group of the layer and the readout, in the groups' order.
 
-    a: the readout weights of the layer's local neurons.
+    a: the readout weights of the layer's local neurons; counts: unit_readout(a).
     """
     dev = a.device
-    counts = bool((a.abs() == 1).all())
     made = {
         Role.ROWS: lambda g: _RowsSum(g, n1, n2, dev, counts),
         Role.RANK: lambda g: _RankSum(g, layer, n1, n2, dev, sym),

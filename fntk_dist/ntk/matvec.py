@@ -23,6 +23,7 @@ from ..models.groups import Group, Role
 from ..models.layer import Layer
 from ..models.network import Network
 from ..models.validation import prepare_inputs
+from ..runtime import ieee_float32
 from .deep_terms import Factors, net_factors
 from .empirical import point_tile
 
@@ -87,7 +88,7 @@ def _depth1(net: Network, x: torch.Tensor, vv: torch.Tensor, out: torch.Tensor,
     a = net.a.detach()
     f = layer.features(x)
     terms = [_term(g, layer, x, f) for g in net.groups]
-    for i0, i1 in neuron_blocks(net, block, x.shape[0]):
+    for i0, i1 in neuron_blocks(net, block, x.shape[0], net.device):
         p = layer.preact(f, i0, i1)
         b = _Block(i0, i1, p, (p > 0).to(net.dtype) * a[i0:i1])
         for t in terms:
@@ -141,7 +142,7 @@ def ntk_matvec(
     vec = v.dim() == 1
     vv = (v[:, None] if vec else v).to(dtype=net.dtype, device=net.device)
     out = torch.zeros(n, vv.shape[1], dtype=F64, device=net.device)
-    with torch.no_grad():
+    with torch.no_grad(), ieee_float32(net.device):
         if net.depth > 1:
             _deep(net, x, vv, out, tile or point_tile(net))
         else:
