@@ -140,14 +140,15 @@ def test_killed_single_process_run_resumes_from_its_checkpoint(tmp_path, referen
     assert json.loads((out / "summary.json").read_text())["restarts_from_checkpoint"] == 1
 
 
-def test_ctrl_c_on_a_distributed_run_is_one_line_and_resumes(tmp_path):
-    """SIGINT to `fntk train --workers 2`: Ray Train aborts the run, fntk says so in one line
-    and exits 130, and --resume ends on the one-process curve."""
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_on_a_distributed_run_is_one_line_and_resumes(tmp_path, signum):
+    """SIGINT or SIGTERM (a scheduler's) to `fntk train --workers 2`: Ray Train aborts the run,
+    fntk says so in one line and exits 130, and --resume ends on the one-process curve."""
     raw = {**RAW, "train": {**RAW["train"], "steps": 80}, "tracking": {"wandb": False}}
     out = tmp_path / "run"
     proc = start(tmp_path, out, raw=raw)
     wait_for_checkpoint(proc, out, after=0)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr[-3000:]
     ours = [line for line in stderr.splitlines() if line.startswith("fntk:")]

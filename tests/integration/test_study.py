@@ -207,7 +207,8 @@ def test_a_trial_on_replaced_data_runs_again(tmp_path, capsys):
     assert (counts["ran"], counts["skipped"]) == (2, 0)
 
 
-def test_ctrl_c_on_a_sweep_is_one_line_and_keeps_finished_trials(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_on_a_sweep_is_one_line_and_keeps_finished_trials(tmp_path, signum):
     out = tmp_path / "smoke"
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     proc = subprocess.Popen(
@@ -217,7 +218,7 @@ def test_ctrl_c_on_a_sweep_is_one_line_and_keeps_finished_trials(tmp_path):
     deadline = time.monotonic() + 120
     while not _finished(out) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr[-3000:]
     ours = [line for line in stderr.splitlines() if line.startswith("fntk:")]

@@ -74,13 +74,14 @@ def test_train_stops_after_the_step_and_resumes_on_the_same_curve(tmp_path, sign
     assert json.loads((out / "summary.json").read_text())["restarts_from_checkpoint"] == 1
 
 
-def test_gram_keeps_its_tiles_and_the_same_command_continues(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_gram_keeps_its_tiles_and_the_same_command_continues(tmp_path, signum):
     out = tmp_path / "gram"
     raw = {**RAW, "model": {**RAW["model"], "m": 2048},
            "data": {"source": "sphere", "n": 400, "d": 32}}
     proc = fntk(tmp_path, raw, "gram", "--out", str(out), "--tile", "40")
     wait_for(proc, out / "tiles", "t_*.arrow")
-    os.kill(proc.pid, signal.SIGINT)
+    os.kill(proc.pid, signum)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130
     lines = err.strip().splitlines()
