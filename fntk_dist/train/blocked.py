@@ -13,17 +13,40 @@ gradient with respect to it, which autograd carries down.
 
 The Function takes the net's trained tensors as they come (net.groups) and computes each one's
 gradient by its role, so it needs no knowledge of which tensors a mode trains.
+
+Threads (issue 16). On the CPU the blocks are walked by torch.get_num_threads() Python threads
+side by side (train.walkers), each with single-threaded ops on its own blocks, rather than one
+block at a time with every op split across torch's threads. A factorized layer's block GEMMs
+are small (n x k x block, k ~ 32; a block of about 1 MB of pre-activations): split across
+threads each is a short parallel region, and on 2 cores a second thread gained at most 1.44x
+(sometimes lost). Larger blocks would make each region longer but leave L2 (measured with
+tools/bench_step.py --walk intra: see docs/DESIGN.md, "Neuron-blocked step"). Rows of the
+gradients are disjoint per block and written in place; the sums over blocks (the output, the
+rank-space accumulator, a dense layer's input gradient) are added in block order, so a threaded
+walk adds the same numbers in the same order as a walk on one thread. Small problems (a block
+below MIN_THREADED_WORK multiply-adds per feature pass) and CUDA (one stream) walk on the
+calling thread.
+
+Buffers. The block buffers live per thread for the process's life (grown when a larger one is
+asked for), and a SpareGrads hands the gradients of the last step back to be filled again, so
+a training step allocates nothing of the width's size.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 
 import torch
 
 from ..models.blocks import neuron_blocks
 from ..models.groups import Role
 from ..models.network import Network
+from .walkers import walk
+
+# Multiply-adds n * block * feature_dim of one block's GEMM below which threads do not pay: a
+# hand-over between walkers costs tens of microseconds, a block of this size about a hundred.
+MIN_THREADED_WORK = 1 << 20
 
 
 def default_train_block(net: Network, n: int) -> int:
@@ -31,47 +54,110 @@ def default_train_block(net: Network, n: int) -> int:
     return max(64, min(net.m_local, 4096, (1 << 18) // max(1, n)))
 
 
-def _block_buffer(x: torch.Tensor, blocks: list[tuple[int, int]]):
-    """A view maker over one buffer for all blocks: each block's (n, b) view is contiguous."""
-    n, width = x.shape[0], max(i1 - i0 for i0, i1 in blocks)
-    flat = torch.empty(n * width, dtype=x.dtype, device=x.device)
-    return lambda b: flat[: n * b].view(n, b)
+def walk_threads(net: Network, n: int, block: int) -> int:
+    """Threads that walk the blocks: torch's thread count on the CPU where a block is large
+    enough to pay for the hand-over, 1 (the calling thread) otherwise and on CUDA."""
+    layer = net.layers[-1]
+    if net.device.type != "cpu" or n * min(block, net.m_local) * layer.feature_dim \
+            < MIN_THREADED_WORK:
+        return 1
+    return torch.get_num_threads()
+
+
+class SpareGrads:
+    """Gradient tensors of the last step, handed back to the blocked step to be filled again.
+
+    recycle(params) takes each parameter's .grad and leaves None (what zero_grad(set_to_none)
+    does); the next backward's gradient of that parameter is written into the same memory and
+    lands in .grad without a copy (autograd keeps a gradient nobody else holds). So nobody may
+    keep a step's .grad past the next recycle.
+    """
+
+    def __init__(self) -> None:
+        self._held: dict[torch.Tensor, torch.Tensor] = {}
+
+    def recycle(self, params: list[torch.Tensor]) -> None:
+        for p in params:
+            if p.grad is not None:
+                self._held[p] = p.grad
+                p.grad = None
+
+    def take(self, p: torch.Tensor) -> torch.Tensor:
+        """p's recycled gradient if it still fits p, else a new one (either uninitialised)."""
+        g = self._held.pop(p, None)
+        ok = (g is not None and g.shape == p.shape and g.dtype == p.dtype
+              and g.device == p.device and g.is_contiguous())
+        return g if ok else torch.empty_like(p)
+
+
+_SCRATCH = threading.local()
+
+
+def _scratch(name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    """This thread's buffer `name`, viewed as a contiguous tensor of `shape`; kept for the
+    thread's life and only reallocated to grow (so a training step allocates none)."""
+    held = getattr(_SCRATCH, "bufs", None)
+    if held is None:
+        held = _SCRATCH.bufs = {}
+    key, numel = (name, like.dtype, like.device), math.prod(shape)
+    flat = held.get(key)
+    if flat is None or flat.numel() < numel:
+        flat = held[key] = torch.empty(numel, dtype=like.dtype, device=like.device)
+    return flat[:numel].view(shape)
+
+
+def _to_rank(layer, y: torch.Tensor, i0: int, i1: int) -> torch.Tensor:
+    """Y U[i0:i1] (Layer.to_rank), into this thread's buffer where U is a stored matrix."""
+    if layer.mode == "sketch_out":
+        return layer.to_rank(y, i0, i1)
+    return torch.mm(y, layer.U[i0:i1], out=_scratch("rank", (y.shape[0], layer.k), y))
 
 
 class _BlockedOutput(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, net, groups, blocks, *params):  # noqa: ARG004 - params for autograd
-        layer = net.layers[-1]
+    def forward(ctx, x, net, groups, blocks, threads, spare, *params):  # noqa: ARG004
+        layer, a = net.layers[-1], net.a
         feats = layer.features(x)
-        buf = _block_buffer(x, blocks)
-        out = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-        for i0, i1 in blocks:
-            out.addmv_(layer.preact(feats, i0, i1, out=buf(i1 - i0)).relu_(), net.a[i0:i1])
+        n = x.shape[0]
+        out = torch.zeros(n, dtype=x.dtype, device=x.device)
+
+        def compute(i0, i1):
+            p = layer.preact(feats, i0, i1, out=_scratch("block", (n, i1 - i0), x)).relu_()
+            return lambda: out.addmv_(p, a[i0:i1])
+
+        walk(blocks, compute, threads)
         ctx.save_for_backward(x, feats)
-        ctx.net, ctx.groups, ctx.blocks = net, groups, blocks
+        ctx.net, ctx.groups, ctx.blocks, ctx.threads, ctx.spare = net, groups, blocks, threads, \
+            spare
         return out / math.sqrt(net.m)
 
     @staticmethod
     def backward(ctx, grad_out):
         x, feats = ctx.saved_tensors
-        net, blocks = ctx.net, ctx.blocks
+        net, n = ctx.net, x.shape[0]
         layer, a = net.layers[-1], net.a
         # One hidden layer has at most one trained group per role.
-        want = {g.role: g for g, need in zip(ctx.groups, ctx.needs_input_grad[4:]) if need}
-        rows = torch.empty_like(net.parameter(want[Role.ROWS])) if Role.ROWS in want else None
-        readout = torch.empty_like(a) if Role.READOUT in want else None
+        want = {g.role: g for g, need in zip(ctx.groups, ctx.needs_input_grad[6:]) if need}
+
+        def grad_buffer(role):
+            if role not in want:
+                return None
+            p = net.parameter(want[role])
+            return ctx.spare.take(p) if ctx.spare is not None else torch.empty_like(p)
+
+        rows, readout = grad_buffer(Role.ROWS), grad_buffer(Role.READOUT)
         # The input's gradient (a deep net's lower layers train) is sum_b (S_b o e) diag(a_b)
         # W_b: through the rank space for a factorized layer, where V's gradient forms it too.
         back = ctx.needs_input_grad[0]
         dense_back = x.new_zeros(x.shape) if back and layer.mode == "dense" else None
-        rank = (x.new_zeros(x.shape[0], layer.k)
+        rank = (x.new_zeros(n, layer.k)
                 if Role.RANK in want or (back and layer.mode != "dense") else None)
         e = (grad_out / math.sqrt(net.m))[:, None]
-        buf = _block_buffer(x, blocks)
-        for i0, i1 in blocks:
+
+        def compute(i0, i1):
             # The block is turned in place into relu(P), then into the masked residual S o e,
             # so it stays in cache and nothing n x block is allocated.
-            p = layer.preact(feats, i0, i1, out=buf(i1 - i0)).clamp_(min=0)
+            p = layer.preact(feats, i0, i1, out=_scratch("block", (n, i1 - i0), x)).clamp_(min=0)
             if readout is not None:
                 torch.mv(p.T, e[:, 0], out=readout[i0:i1])
             me = p.sign_().mul_(e)
@@ -79,23 +165,41 @@ class _BlockedOutput(torch.autograd.Function):
                 torch.mm(me.T, feats, out=rows[i0:i1])
                 rows[i0:i1] *= a[i0:i1, None]
             if rank is not None:
-                rank += layer.to_rank(me.mul_(a[i0:i1]), i0, i1)
+                share = _to_rank(layer, me.mul_(a[i0:i1]), i0, i1)
+                return lambda: rank.add_(share)
             if dense_back is not None:
-                dense_back.addmm_(me.mul_(a[i0:i1]), layer.W[i0:i1])
+                share = torch.mm(me.mul_(a[i0:i1]), layer.W[i0:i1],
+                                 out=_scratch("dense", x.shape, x))
+                return lambda: dense_back.add_(share)
+            return lambda: None
+
+        walk(ctx.blocks, compute, ctx.threads)
+        if rank is not None:  # dL/dZ of this shard's neurons; Z was summed over input shards
+            rank = layer.sum_inputs(rank)
         grads = {Role.ROWS: rows, Role.READOUT: readout,
                  Role.RANK: None if Role.RANK not in want else rank.T @ x}  # G^T A: V's
         grad_x = None
         if back:
             grad_x = dense_back if dense_back is not None else layer.features_adjoint(rank)
-        return grad_x, None, None, None, *(grads[g.role] for g in ctx.groups)
+        return grad_x, None, None, None, None, None, *(grads[g.role] for g in ctx.groups)
 
 
-def blocked_output(net: Network, x: torch.Tensor, block: int | None = None) -> torch.Tensor:
+def blocked_output(net: Network, x: torch.Tensor, block: int | None = None,
+                   threads: int | None = None, spare: SpareGrads | None = None) -> torch.Tensor:
     """f(X) of net's neurons (its last layer's, for a width shard), differentiable: the last
-    layer neuron block by neuron block, the layers below it whole."""
-    b = default_train_block(net, x.shape[0]) if block is None else block
-    blocks = neuron_blocks(net, b, x.shape[0])
+    layer neuron block by neuron block, the layers below it whole.
+
+    threads: how many threads walk the blocks (default walk_threads: torch's thread count on
+    the CPU where blocks are large enough; 1 walks them on the calling thread, each op then
+    using torch's intra-op threads; ignored on CUDA). spare: where the step's gradients come
+    from (SpareGrads; fresh tensors without one).
+    """
+    n = x.shape[0]
+    b = default_train_block(net, n) if block is None else block
+    blocks = neuron_blocks(net, b, n)
+    if threads is None or net.device.type != "cpu":
+        threads = walk_threads(net, n, b) if threads is None else 1
     top = net.depth - 1
     groups = tuple(g for g in net.groups if g.layer is None or g.layer == top)
-    return _BlockedOutput.apply(net.last_input(x), net, groups, blocks,
+    return _BlockedOutput.apply(net.last_input(x), net, groups, blocks, threads, spare,
                                 *(net.parameter(g) for g in groups))

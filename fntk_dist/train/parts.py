@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import torch
 
 from ..models.network import Network
-from .blocked import blocked_output
+from .blocked import SpareGrads, blocked_output
 from .config import TrainConfig
 
 
@@ -30,6 +30,7 @@ class Mesh(Protocol):
     rank: int
     width_rank: int
     data_rank: int
+    moved: dict[str, int]  # bytes summed so far over the "width" and the "data" group
 
     def sum_width(self, t: torch.Tensor) -> torch.Tensor: ...
     def max_width(self, t: torch.Tensor) -> torch.Tensor: ...
@@ -42,6 +43,9 @@ class LocalMesh:
 
     width = data = 1
     rank = width_rank = data_rank = 0
+
+    def __init__(self) -> None:
+        self.moved = {"width": 0, "data": 0}  # nothing is ever moved
 
     def sum_width(self, t: torch.Tensor) -> torch.Tensor:
         return t
@@ -75,13 +79,16 @@ class TorchEngine:
 
     def __init__(self, net: Network, tc: TrainConfig, eta: float) -> None:
         self.net, self.block = net, tc.block
-        self.opt = make_optimizer(tc, [p for p in net.parameters() if p.requires_grad], eta)
+        self.params = [p for p in net.parameters() if p.requires_grad]
+        self.opt = make_optimizer(tc, self.params, eta)
+        # Each step's gradients are written into the last step's (no allocation per step).
+        self.spare = SpareGrads()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return blocked_output(self.net, x, self.block)
+        return blocked_output(self.net, x, self.block, spare=self.spare)
 
     def backward(self, loss: torch.Tensor) -> None:
-        self.opt.zero_grad(set_to_none=True)
+        self.spare.recycle(self.params)  # zero_grad(set_to_none=True), the memory kept
         loss.backward()
 
     def step(self) -> None:

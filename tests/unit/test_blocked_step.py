@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 from conftest import net_grid
 
 from fntk_dist import TwoLayerNet
 from fntk_dist.models import LayerSpec, build_network
-from fntk_dist.train.blocked import blocked_output
+from fntk_dist.train.blocked import SpareGrads, blocked_output
+from fntk_dist.train.walkers import walk
 
 
 def blocked_and_autograd(net, block):
@@ -49,3 +52,104 @@ def test_deep_blocked_gradients_match_autograd(mode, sketch, train_output, block
         assert torch.allclose(out, plain, rtol=0, atol=1e-13)
         for a, b in zip(got, ref):
             assert float((a - b).abs().max()) <= 1e-12 * float(b.abs().max())
+
+
+def _threaded_and_serial(net, threads, dtype=torch.float64):
+    """(output, gradients) of the parameters and of the input, walked by `threads` threads and
+    by the calling thread alone (block 7, so every thread gets several blocks)."""
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(13, net.d, generator=g, dtype=dtype, requires_grad=True)
+    y = torch.randn(13, generator=g, dtype=dtype)
+    params = [p for p in net.parameters() if p.requires_grad] + [x]
+    got = []
+    for t in (threads, 1):
+        out = blocked_output(net, x, 7, threads=t)
+        got.append((out, torch.autograd.grad(0.5 * ((out - y) ** 2).sum(), params)))
+    return got
+
+
+def _nets(mode, sketch, train_output):
+    k = None if mode == "dense" else 4
+    yield TwoLayerNet(9, 50, mode, k, sketch, train_output, 3, torch.float64)
+    yield TwoLayerNet(9, 50, mode, k, sketch, train_output, 3, torch.float64, neurons=(11, 47))
+    yield build_network(9, [LayerSpec(12, "dense"), LayerSpec(10, "sketch_in", 5, "srht"),
+                            LayerSpec(40, mode, k, sketch)],
+                        train_output=train_output, seed=3, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("mode,sketch", net_grid())
+@pytest.mark.parametrize("train_output", [False, True])
+def test_threaded_walk_equals_one_thread(mode, sketch, train_output):
+    # Depth 1, a width shard and depth 3 (the input's gradient through the rank space or, dense,
+    # summed over blocks), by 2 and by 3 threads (more threads than this machine's cores).
+    for net in _nets(mode, sketch, train_output):
+        for threads in (2, 3):
+            (out, got), (ref_out, ref) = _threaded_and_serial(net, threads)
+            out, ref_out = out.detach(), ref_out.detach()
+            assert float((out - ref_out).abs().max()) <= 1e-12 * float(ref_out.abs().max())
+            for a, b in zip(got, ref, strict=True):
+                assert float((a - b).abs().max()) <= 1e-12 * float(b.abs().max())
+
+
+def test_threaded_walk_float32():
+    net = TwoLayerNet(9, 50, "lowrank", 4, train_output=True, seed=3)
+    (out, got), (ref_out, ref) = _threaded_and_serial(net, 2, torch.float32)
+    assert torch.allclose(out, ref_out, rtol=1e-5, atol=1e-6)
+    for a, b in zip(got, ref, strict=True):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_threaded_walk_keeps_the_thread_settings():
+    # The walkers set their own intra-op threads to 1; neither this thread's setting nor the
+    # default a thread started later picks up may change.
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        net = TwoLayerNet(9, 50, "sketch_in", 4, seed=3, dtype=torch.float64)
+        out = blocked_output(net, torch.randn(13, 9, dtype=torch.float64), 7, threads=5)
+        out.sum().backward()
+        assert torch.get_num_threads() == 3
+        seen = []
+        t = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+        t.start()
+        t.join()
+        assert seen == [3]
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_failing_block_is_raised_and_stops_the_walk():
+    blocks = [(i, i + 1) for i in range(12)]
+    done = []
+
+    def compute(i0, i1):
+        if i0 == 5:
+            raise ValueError("block 5")
+        return lambda: done.append(i0)
+
+    with pytest.raises(ValueError, match="block 5"):
+        walk(blocks, compute, 3)
+    # Blocks 0..2 committed before block 5 was computed (its thread's previous one was 2);
+    # blocks 3 and 4 may have; nothing after 5 can, and commits came in block order.
+    assert done == list(range(len(done))) and 3 <= len(done) <= 5
+
+
+def test_spare_grads_are_refilled_in_place():
+    # A training step writes its gradients into the last step's tensors: same memory, and the
+    # same numbers as a step with fresh gradients.
+    net = TwoLayerNet(9, 50, "lowrank", 4, train_output=True, seed=3, dtype=torch.float64)
+    params = [p for p in net.parameters() if p.requires_grad]
+    x = torch.randn(13, 9, dtype=torch.float64)
+    spare = SpareGrads()
+    blocked_output(net, x, 7, spare=spare).square().sum().backward()
+    first = [p.grad.data_ptr() for p in params]  # not the tensors: a held one is not reused
+    spare.recycle(params)
+    assert all(p.grad is None for p in params)
+    x2 = torch.randn(13, 9, dtype=torch.float64)
+    blocked_output(net, x2, 7, spare=spare).square().sum().backward()
+    # U's rows and a are written by the walk into the recycled tensors; V's gradient is a
+    # product formed after it (k x d, not of the width's size).
+    assert [p.grad.data_ptr() for p in params[:2]] == first[:2]
+    ref = torch.autograd.grad(net(x2).square().sum(), params)
+    for p, r in zip(params, ref, strict=True):
+        assert torch.allclose(p.grad, r, rtol=1e-12, atol=1e-12)
