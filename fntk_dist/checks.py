@@ -56,8 +56,13 @@ def _mesh(cfg: RunConfig) -> tuple[int, int]:
     if width * data != workers:
         raise ConfigError(f"dist: width * data = {width} * {data} = {width * data} must equal "
                           f"dist.workers = {workers}")
-    if cfg.model.m % width:
-        raise ConfigError(f"dist.width: {width} does not divide model.m = {cfg.model.m}")
+    # Every hidden layer is split by neurons over the width group (tensor parallelism); the
+    # ranks k are not split (each shard sums its part of the n x k Z).
+    specs = cfg.model.layer_specs
+    for i, spec in enumerate(specs):
+        if spec.m % width:
+            key = "model.m" if cfg.model.layers is None else f"model.layers.{i}.m"
+            raise ConfigError(f"dist.width: {width} does not divide {key} = {spec.m}")
     return width, data
 
 
@@ -116,7 +121,6 @@ def check_train(cfg: RunConfig, data: Dataset) -> TrainPlan:
     if not distributed(cfg):
         _refuse_unused(cfg)
         return TrainPlan(False, 1, 1, batch)
-    _refuse_deep(cfg)
     width, data = _mesh(cfg)
     if batch < data:
         raise ConfigError(f"dist.data: {data} data-parallel replicas need at least one point "
@@ -149,16 +153,6 @@ def _refuse_unused(cfg: RunConfig) -> None:
                               "--workers (or dist.workers), or drop it")
 
 
-def _refuse_deep(cfg: RunConfig) -> None:
-    """The training mesh splits one hidden layer (fntk_dist.distributed) so far."""
-    depth = cfg.model.hidden_layers
-    if depth > 1:
-        key = "model.layers" if cfg.model.layers is not None else "model.depth"
-        raise ConfigError(f"{key}: distributed training covers one hidden layer so far, got "
-                          f"depth {depth}; drop --workers (and dist.address) to train it in "
-                          "one process")
-
-
 @_naming_the_file
 def check_gram(cfg: RunConfig, n: int, d: int) -> GramPlan:
     """The layout of `fntk gram` for n points of dimension d; ConfigError for a broken rule."""
@@ -171,4 +165,7 @@ def check_gram(cfg: RunConfig, n: int, d: int) -> GramPlan:
     if tile > n:
         raise ConfigError(f"gram.tile: {tile} rows per tile exceeds the n={n} points; tiles "
                           "must partition the rows")
+    if cfg.gram.dtype == "float64" and cfg.model.dtype == "float32":
+        raise ConfigError("gram.dtype: float64 tiles of a float32 net hold float32-accurate "
+                          "entries; set model.dtype float64 too (or gram.dtype float32)")
     return GramPlan(distributed(cfg), workers, tile)

@@ -16,6 +16,12 @@ class GramConfig(BaseModel):
         "auto", description="where tiles are computed (in this process or in each actor)")
     tile: int | None = Field(
         None, ge=1, description="rows per Gram tile; default: n split into blocks of <= 1024")
+    dtype: Literal["float32", "float64"] | None = Field(
+        None, description="dtype of the stored tiles; default the net's (model.dtype, itself "
+                          "float64 by default): the tiles hold what the net computes. float32 "
+                          "halves a float64 net's store at 6e-8 |H_ij| per entry; float64 tiles "
+                          "of a float32 net would hold float32-accurate numbers in twice the "
+                          "bytes, so that is refused")
     in_flight: int = Field(2, ge=1, description="Ray: tiles submitted ahead of the one written")
     assemble_max_n: int = Field(
         20000, ge=1, description="largest n whose Gram is assembled in memory for its spectrum "
@@ -23,3 +29,16 @@ class GramConfig(BaseModel):
                                  "solver streams tiles from the store")
     eig_block: int = Field(64, ge=1, description="vectors per pass of the iterative solver")
     eig_maxiter: int = Field(200, ge=1, description="passes of the iterative solver at most")
+    certify: bool = Field(
+        True, description="bracket lambda_min: lower bound from a Cholesky of H - sigma I, upper "
+                          "from a Ritz vector's Rayleigh quotient (fntk_dist.gram.certify); "
+                          "false: lambda_min from eigvalsh or block LOBPCG alone, as before")
+    certify_rtol: float = Field(
+        1e-3, gt=0, lt=1, description="relative width of the bracket to aim for: the shift is "
+                                      "placed rtol/4 below the Ritz estimate")
+    certify_max_factorizations: int = Field(
+        4, ge=1, description="Cholesky factorizations at most (failed shifts included)")
+    bottom: int = Field(3, ge=1, description="smallest eigenvalues shift-invert Lanczos finds")
+    factor_workers: int = Field(
+        1, ge=1, description="threads running the tiled Cholesky's tile tasks; each task's "
+                             "BLAS gets cores / factor_workers threads")

@@ -10,6 +10,7 @@ at most its tiles in flight; the same command resumes it.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import time
 from pathlib import Path
 
@@ -21,18 +22,25 @@ from ..checks import GramPlan, check_gram
 from ..config import RunConfig, dump_config
 from ..data import Dataset, load_dataset
 from ..identity import differing_keys, identity_hash, run_identity
-from ..runtime import as_dtype, resolve_device
+from ..runtime import as_dtype, peak_rss_bytes, resolve_device
 from ..track import make_tracker
 from .executor import LocalExecutor, TileExecutor
-from .summary import cost_report, spectrum_report
+from .progress import Watch
+from .summary import CERTIFY, cost_report, spectrum_report
 from .tile_store import TileStore, TileStoreError
 from .tiles import write_tiles
 
 
+def tile_dtype(cfg: RunConfig) -> str:
+    """The stored tiles' dtype: gram.dtype, by default the net's."""
+    return cfg.gram.dtype or cfg.model.dtype
+
+
 def gram_identity(cfg: RunConfig, data: Dataset, tile: int) -> dict:
-    """What determines the tiles: the net, the data (by content) and the tiling (not the
-    workers or where tiles are computed)."""
-    return run_identity(cfg, data, ("model", "data"), n=data.n, tile=tile)
+    """What determines the tiles: the net, the data (by content), the tiling and the tiles'
+    dtype (not the workers or where tiles are computed)."""
+    return run_identity(cfg, data, ("model", "data"), n=data.n, tile=tile,
+                        tile_dtype=tile_dtype(cfg))
 
 
 def _check_store(out_dir: Path, identity: dict) -> None:
@@ -78,13 +86,14 @@ def run_gram_job(cfg: RunConfig, out_dir: Path, progress: bool = True) -> dict:
     finisher = cfg.model.build(d, neurons=(0, 1))  # features and scale only: no neuron rows
     store = TileStore.create_or_open(
         out_dir, config_hash=identity_hash(identity), n=n, tile=plan.tile,
-        dtype=cfg.model.dtype, meta={"identity": identity},
+        dtype=tile_dtype(cfg), meta={"identity": identity},
     )
     write_text(out_dir / "config.yaml", dump_config(cfg))
     todo = store.missing()
     resumed = len(store.all_tiles()) - len(todo)
-    if todo:  # an earlier summary no longer describes the store until the tiles are back
+    if todo:  # an earlier summary, and factor of the tiles, no longer describe the store
         (out_dir / "summary.json").unlink(missing_ok=True)
+        shutil.rmtree(out_dir / CERTIFY, ignore_errors=True)
     tracker = make_tracker(cfg.tracking, out_dir, cfg.name or out_dir.name,
                            cfg.model_dump(mode="json"))
     # Nothing computed by this run: nothing ran anywhere to report on.
@@ -101,7 +110,9 @@ def run_gram_job(cfg: RunConfig, out_dir: Path, progress: bool = True) -> dict:
                 info = executor.info()
             store.compact()
         seconds = time.perf_counter() - t0
-        spectral = spectrum_report(store, finisher, x, cfg.gram)
+        watch = Watch(tracker, len(store.all_tiles()), progress)
+        spectral = spectrum_report(store, finisher, x, cfg.gram, watch)
+        watch.close()
     except BaseException:
         tracker.abort()
         raise
@@ -109,12 +120,14 @@ def run_gram_job(cfg: RunConfig, out_dir: Path, progress: bool = True) -> dict:
         # The net's own account of itself: per-layer lists for mode, k and sketch at depth > 1.
         "n": n, "d": d, "depth": finisher.depth, "m": finisher.m, "mode": finisher.mode,
         "k": finisher.k, "sketch": finisher.sketch, "train_output": finisher.train_output,
-        "dtype": cfg.model.dtype, "device": info["device"], "workers": plan.workers,
+        "dtype": cfg.model.dtype, "tile_dtype": tile_dtype(cfg), "device": info["device"],
+        "workers": plan.workers,
         "shard_nodes": info["shard_nodes"], "tile": plan.tile, "tiles": len(store.all_tiles()),
         "tiles_computed": len(todo), "tiles_resumed": resumed, **spectral,
         "seconds": seconds, **cost_report(store), "disk_bytes": store.disk_bytes(),
         "worker_peak_rss_bytes": info["worker_peak_rss_bytes"],
         "worker_base_rss_bytes": info["worker_base_rss_bytes"],
+        "peak_rss_bytes": peak_rss_bytes(),  # this process: assembly, factor, Lanczos
     }
     tracker.finish(summary)
     return summary

@@ -284,7 +284,7 @@ class TileStore:
         """Tile (i, j) after checking its checksum."""
         return _decode(self._checked_bytes(i, j))
 
-    def _mapped(self, i: int, j: int) -> np.ndarray:
+    def mapped(self, i: int, j: int) -> np.ndarray:
         """Tile (i, j) as a read-only view of its memory-mapped file. Checksummed on first use
         by this object only: iterative eigensolvers pass over every tile hundreds of times."""
         if f"{i}_{j}" not in self._checked:
@@ -329,7 +329,7 @@ class TileStore:
         vs = v.astype(self.dtype, copy=False)
         out = np.zeros_like(v)
         for i, j in self.all_tiles():
-            b = self._mapped(i, j)
+            b = self.mapped(i, j)
             (r0, r1), (c0, c1) = self.bounds(i), self.bounds(j)
             out[r0:r1] += b @ vs[c0:c1]
             if i != j:

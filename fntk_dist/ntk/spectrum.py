@@ -22,7 +22,7 @@ class Spectrum:
         return asdict(self)
 
 
-def _make(lmin: float, top: list[float]) -> Spectrum:
+def make_spectrum(lmin: float, top: list[float]) -> Spectrum:
     lmax = top[0]
     return Spectrum(lmin, lmax, top, lmax / lmin if lmin > 0 else float("inf"))
 
@@ -33,7 +33,7 @@ def spectrum(h: torch.Tensor | np.ndarray, top: int = 5) -> Spectrum:
     if a.ndim != 2 or a.shape[0] != a.shape[1] or a.shape[0] < 1:
         raise ValueError(f"H: expected a square matrix, got shape {a.shape}")
     ev = np.linalg.eigvalsh((a + a.T) / 2)
-    return _make(float(ev[0]), [float(e) for e in ev[::-1][:top]])
+    return make_spectrum(float(ev[0]), [float(e) for e in ev[::-1][:top]])
 
 
 def spectrum_from_matvec(
@@ -56,7 +56,33 @@ def spectrum_from_matvec(
     flipped = LinearOperator((n, n), matvec=lambda v: shift * v - np.asarray(matvec(v), float),
                              dtype=float)
     mu = eigsh(flipped, k=1, which="LA", tol=tol, maxiter=maxiter, return_eigenvectors=False)
-    return _make(shift - float(mu[0]), vals)
+    return make_spectrum(shift - float(mu[0]), vals)
+
+
+def _block_op(matmat: Callable[[np.ndarray], np.ndarray], n: int
+              ) -> Callable[[np.ndarray], np.ndarray]:
+    def op(v: np.ndarray) -> np.ndarray:
+        return np.asarray(matmat(v.reshape(n, -1)), float).reshape(v.shape)
+
+    return op
+
+
+def top_from_matmat(
+    matmat: Callable[[np.ndarray], np.ndarray], n: int, top: int = 5, block: int = 32,
+    rtol: float = 1e-6, maxiter: int = 500, seed: int = 0,
+) -> list[float]:
+    """The `top` largest eigenvalues (descending) of a PSD operator given by H @ V, by block
+    LOBPCG: the top of a Gram's spectrum is well separated, so a few passes do."""
+    b = max(block, top)
+    if n <= 5 * b:  # too small for LOBPCG: the matrix itself
+        return spectrum(matmat(np.eye(n)), top).top
+    op = _block_op(matmat, n)
+    x0 = np.random.default_rng(seed).standard_normal((n, b))
+    scale = float(np.linalg.norm(op(x0)) / np.linalg.norm(x0))  # <= lambda_max
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # non-convergence: rtol is a target
+        vals, _ = lobpcg(op, x0, largest=True, maxiter=maxiter, tol=rtol * scale)
+    return sorted((float(x) for x in vals), reverse=True)[:top]
 
 
 def spectrum_from_matmat(
@@ -75,19 +101,16 @@ def spectrum_from_matmat(
     if n <= 5 * b:  # too small for LOBPCG: the matrix itself, column block by column block
         spec = spectrum(matmat(np.eye(n)), top)
         return spec, 0.0
-    def op(v: np.ndarray) -> np.ndarray:
-        return np.asarray(matmat(v.reshape(n, -1)), float).reshape(v.shape)
-
+    op = _block_op(matmat, n)
+    top_vals = top_from_matmat(matmat, n, top, block, rtol, maxiter, seed)
+    lmax = top_vals[0]
     rng = np.random.default_rng(seed)
-    x0 = rng.standard_normal((n, b))
-    scale = float(np.linalg.norm(op(x0)) / np.linalg.norm(x0))  # <= lambda_max
+    rng.standard_normal((n, b))  # top_from_matmat's start: the same two draws as ever
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # non-convergence: the residual says it
-        vals, _ = lobpcg(op, x0, largest=True, maxiter=maxiter, tol=rtol * scale)
-        lmax = float(vals.max())
         low, vecs = lobpcg(op, rng.standard_normal((n, b)), largest=False, maxiter=maxiter,
                            tol=rtol * lmax)
     i = int(np.argmin(low))
     v = vecs[:, i:i + 1]
     resid = float(np.linalg.norm(op(v) - low[i] * v) / (np.linalg.norm(v) * lmax))
-    return _make(float(low[i]), sorted((float(x) for x in vals), reverse=True)[:top]), resid
+    return make_spectrum(float(low[i]), top_vals), resid
