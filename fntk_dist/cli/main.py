@@ -48,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
             s.add_argument("--resume", action="store_true",
                            help="continue a stopped run in --out from its last checkpoint "
                                 "(train.checkpoint_every)")
+            s.add_argument("--verbose", action="store_true",
+                           help="with --workers: stream every worker's output (Ray, DeepSpeed) "
+                                "here instead of into RUN/logs")
     add_study_parsers(sub)
     return p
 
@@ -104,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
             from ..train.job import run_train_job
 
             out = _out_dir(args, cfg.name, resumable=resume)
-            summary = run_train_job(cfg, out, resume=resume, progress=not args.quiet)
+            summary = run_train_job(cfg, out, resume=resume, progress=not args.quiet,
+                                    verbose=args.verbose)
             keys = TRAIN_KEYS
         else:
             from ..gram.job import run_gram_job

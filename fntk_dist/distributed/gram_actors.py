@@ -1,9 +1,15 @@
 """The Gram on Ray: width-shard actors, and the executor that keeps them fed with tiles.
 
 Each GramShard owns a neuron range and rebuilds it from the seed (no weights travel); the
-points travel once, through the object store. RayExecutor keeps gram.in_flight tiles submitted
-ahead of the one the job is finishing. Actors have unlimited restarts and task retries: Ray
-rebuilds a killed shard and computes its tiles in flight again.
+points are put in the object store once and each shard copies them on its first tile.
+RayExecutor keeps gram.in_flight tiles submitted ahead of the one the job is finishing. Actors
+have unlimited restarts and task retries: Ray rebuilds a killed shard and computes its tiles in
+flight again.
+
+The points come with every tile call, as a reference (Ray hands an actor on the same node a
+read-only view of the stored array, no copy), not as a constructor argument: a restarted
+actor then gets them from its next call, and Ray has no constructor argument in its object
+store to warn about (an E-level core_worker line for every shard otherwise).
 """
 
 from __future__ import annotations
@@ -30,15 +36,21 @@ from .parallelize import shard_ranges
 class GramShard:
     """Neurons [lo, hi) of the net on `device`, answering partial tiles."""
 
-    def __init__(self, model: dict, d: int, neurons: tuple[int, int], x: np.ndarray,
-                 block: int | None, device: str) -> None:
+    def __init__(self, model: dict, d: int, neurons: tuple[int, int], block: int | None,
+                 device: str) -> None:
         self.base_rss = rss_bytes()  # the Python + torch process before any of our data
         self.net = ModelConfig(**model).build(d, device=device, neurons=neurons)
-        self.x = torch.tensor(x, device=device)  # a copy: the object store's array is read-only
-        self.block = block
+        self.device, self.block = device, block
+        self.x: torch.Tensor | None = None
 
-    def partial(self, span: Span) -> GramPartial:
+    def load(self, x: np.ndarray) -> None:
+        """Keep the points (a copy: the object store's array is read-only)."""
+        if self.x is None:
+            self.x = torch.tensor(x, device=self.device)
+
+    def partial(self, span: Span, x: np.ndarray) -> GramPartial:
         """The shard's partial for one tile, on the CPU (it travels to the driver whole)."""
+        self.load(x)
         return span_partial(self.net, self.x, span, self.block)
 
     def where(self) -> tuple[int, str]:
@@ -82,15 +94,17 @@ class RayExecutor:
         self.in_flight = cfg.gram.in_flight
         options = dict(max_restarts=-1, max_task_retries=-1, scheduling_strategy="SPREAD",
                        **request)
-        # Held for the whole job: Ray re-runs a restarted shard's constructor with it.
+        # Held for the whole job: every tile call (a retried one too) passes it.
         self.x_ref = ray.put(x.numpy())
         model = cfg.model.model_dump(mode="json")
         self.shards = [
-            GramShard.options(**options).remote(model, x.shape[1], neurons, self.x_ref,
-                                                cfg.gram.block, self.device)
+            GramShard.options(**options).remote(model, x.shape[1], neurons, cfg.gram.block,
+                                                self.device)
             for neurons in shard_ranges(cfg.model.m, workers)
         ]
-        # Waits until every shard is built, so the job times tile work alone.
+        # Waits until every shard is built and holds the points, so the job times tile work
+        # alone.
+        ray.get([s.load.remote(self.x_ref) for s in self.shards])
         self.nodes = sorted({ip for _, ip in ray.get([s.where.remote() for s in self.shards])})
 
     def partials(self, spans: Iterable[Span]) -> Iterator[list[GramPartial]]:
@@ -100,7 +114,7 @@ class RayExecutor:
         def submit() -> None:
             span = next(pending, None)
             if span is not None:
-                queue.append([s.partial.remote(span) for s in self.shards])
+                queue.append([s.partial.remote(span, self.x_ref) for s in self.shards])
 
         for _ in range(self.in_flight + 1):
             submit()

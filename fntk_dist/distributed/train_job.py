@@ -9,6 +9,7 @@ Rank 0 writes the same files as a one-process run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from ..config import RunConfig
 from ..errors import ConfigError
 from ..train.parts import CHECKPOINTS
 from .cluster import connect
+from .run_logs import LOGS, driver_progress
 
 
 class TrainingFailed(RuntimeError):
@@ -49,12 +51,16 @@ class TrainCluster:
     cpus: float
 
 
-def connect_for_training(cfg: RunConfig, plan: TrainPlan) -> TrainCluster:
-    """Join (or start) the cluster and check that it can hold the run, before anything else."""
+def connect_for_training(cfg: RunConfig, plan: TrainPlan, verbose: bool = False) -> TrainCluster:
+    """Join (or start) the cluster and check that it can hold the run, before anything else.
+
+    verbose: stream every worker's output here, as Ray does by default; otherwise the workers
+    write it to RUN/logs (fntk_dist.distributed.run_logs)."""
     import ray
 
     workers = plan.workers
-    connect(cfg.dist.address, cfg.dist.connect_timeout_s, min_cpus=workers, log_to_driver=True)
+    connect(cfg.dist.address, cfg.dist.connect_timeout_s, min_cpus=workers,
+            log_to_driver=verbose)
     gpus = ray.cluster_resources().get("GPU", 0)
     if cfg.deepspeed.precision == "bf16" and gpus < workers:
         raise ConfigError(f"deepspeed.precision: bf16 needs a GPU per worker; the cluster has "
@@ -68,7 +74,7 @@ def connect_for_training(cfg: RunConfig, plan: TrainPlan) -> TrainCluster:
 
 
 def run_train_distributed(cfg: RunConfig, out_dir: Path, plan: TrainPlan, cluster: TrainCluster,
-                          run_id: str, progress: bool = True) -> dict:
+                          run_id: str, progress: bool = True, verbose: bool = False) -> dict:
     """Train cfg's net on Ray Train + DeepSpeed; returns the summary rank 0 wrote."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -79,7 +85,7 @@ def run_train_distributed(cfg: RunConfig, out_dir: Path, plan: TrainPlan, cluste
         train_worker,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "out_dir": str(out_dir),
                            "width": plan.width, "data": plan.data, "run_id": run_id,
-                           "progress": progress},
+                           "progress": progress, "verbose": verbose},
         torch_config=TorchConfig(backend="nccl" if cluster.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=plan.workers,
                                                use_gpu=cluster.use_gpu,
@@ -90,17 +96,21 @@ def run_train_distributed(cfg: RunConfig, out_dir: Path, plan: TrainPlan, cluste
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         ),
     )
+    follow = (driver_progress(out_dir, cfg.train.steps + 1, f"train {cfg.name or out_dir.name}")
+              if progress and not verbose else contextlib.nullcontext())
     try:
-        trainer.fit()
+        with follow:
+            trainer.fit()
     except SystemExit:  # Ray Train's own Ctrl-C handler aborts the run, then exits
         raise KeyboardInterrupt from None
     except Exception as err:  # Ray Train's TrainingFailedError, after max_failures restarts
         first = str(err).strip().splitlines()
         again = ("continue it with --resume from its last checkpoint"
                  if has_checkpoint(out_dir) else "no checkpoint was written")
+        logs = "" if verbose else f" (worker output: {out_dir / LOGS})"
         raise TrainingFailed(
             f"training failed (dist.max_failures = {cfg.dist.max_failures}): "
-            f"{first[0] if first else type(err).__name__}; {again}") from err
+            f"{first[0] if first else type(err).__name__}; {again}{logs}") from err
     if not (out_dir / "summary.json").exists():  # aborted by Ctrl-C before the end
         raise KeyboardInterrupt
     return json.loads((out_dir / "summary.json").read_text())

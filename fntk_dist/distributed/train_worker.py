@@ -8,6 +8,7 @@ to Ray Train, which restarts the group from the latest one after a failure.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import tempfile
 from collections.abc import Callable, Iterator
@@ -21,6 +22,7 @@ from ..train.loop import train_loop
 from .deepspeed_engine import DeepSpeedEngine
 from .deepspeed_ops import build_comm_op
 from .mesh import Mesh
+from .run_logs import FileProgress, send_output_to_log
 
 
 class RayTrainCheckpointer:
@@ -60,16 +62,20 @@ def train_shard(cfg: RunConfig, out_dir: Path, mesh: Mesh, run_id: str | None = 
     """Train cfg's net on this rank's shard; rank 0 writes the run folder and returns the
     summary (other ranks return {})."""
     import ray.train.torch
-    from ray.experimental.tqdm_ray import tqdm
 
     return train_loop(
         cfg, out_dir, load_dataset(cfg.data), mesh=mesh, device=ray.train.torch.get_device(),
         make_engine=lambda net, eta, rows: DeepSpeedEngine(net, cfg, eta, rows, mesh),
-        checkpointer=RayTrainCheckpointer(), run_id=run_id, progress=progress, bar_class=tqdm)
+        checkpointer=RayTrainCheckpointer(), run_id=run_id, progress=progress,
+        bar_class=functools.partial(FileProgress, out_dir=out_dir))
 
 
 def train_worker(config: dict) -> None:
     """Ray Train's loop function, on every rank."""
+    import ray.train
+
+    if not config.get("verbose", False):  # DeepSpeed's and torch's lines go to RUN/logs
+        send_output_to_log(Path(config["out_dir"]), ray.train.get_context().get_world_rank())
     mesh = init_mesh(config["width"], config["data"])
     train_shard(RunConfig.model_validate(config["cfg"]), Path(config["out_dir"]), mesh,
                 run_id=config["run_id"], progress=config.get("progress", True))

@@ -52,17 +52,20 @@ def _prepare_folder(out_dir: Path, cfg: RunConfig, data: Dataset, resume: bool,
 
 
 def run_train_job(cfg: RunConfig, out_dir: Path, resume: bool = False,
-                  progress: bool = True) -> dict:
-    """Train cfg's net on cfg's data; writes the run folder and returns the summary."""
+                  progress: bool = True, verbose: bool = False) -> dict:
+    """Train cfg's net on cfg's data; writes the run folder and returns the summary.
+
+    verbose: on Ray, stream the workers' own output here rather than into RUN/logs."""
     data = load_dataset(cfg.data)
     plan = check_train(cfg, data)
     out_dir = Path(out_dir).resolve()
     if plan.distributed:
         from ..distributed import train_job as ray_job
 
-        cluster = ray_job.connect_for_training(cfg, plan)
+        cluster = ray_job.connect_for_training(cfg, plan, verbose)
         run_id = _prepare_folder(out_dir, cfg, data, resume, ray_job.has_checkpoint(out_dir))
-        return ray_job.run_train_distributed(cfg, out_dir, plan, cluster, run_id, progress)
+        return ray_job.run_train_distributed(cfg, out_dir, plan, cluster, run_id, progress,
+                                             verbose)
     device = resolve_device(cfg.train.device, "train.device")
     checkpointer = FolderCheckpointer(out_dir)
     with checkpointer.latest() as latest:

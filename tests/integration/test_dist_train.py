@@ -173,8 +173,9 @@ def test_mesh_run_matches_the_golden_curve_and_the_single_process_run(ray_cluste
         assert len(got) == len(golden) == 31
         for step, (a, b) in enumerate(zip(got, golden, strict=True)):
             assert a == pytest.approx(b, rel=1e-12, abs=0), (name, step)
-    # Ray Train keeps its storage (checkpoints/) in the run folder even with no checkpoint.
-    files = {name: {p.name for p in (tmp_path / name).iterdir()} - {"checkpoints"}
+    # Ray Train keeps its storage (checkpoints/) in the run folder even with no checkpoint,
+    # and the workers their output (logs/).
+    files = {name: {p.name for p in (tmp_path / name).iterdir()} - {"checkpoints", "logs"}
              for name in runs}
     assert files["mesh"] == files["single"]
     keys = {name: set(json.loads((tmp_path / name / "summary.json").read_text()))

@@ -163,3 +163,30 @@ def test_ctrl_c_on_a_distributed_run_is_one_line_and_resumes(tmp_path, signum):
     assert len(got) == len(ref) == 81
     for a, b in zip(got, ref, strict=True):
         assert a == pytest.approx(b, rel=1e-9)
+
+
+def test_the_terminal_shows_one_bar_and_the_workers_write_to_the_run_folder(tmp_path):
+    """Without --quiet: the driver draws one progress bar (from rank 0's progress file); Ray's,
+    DeepSpeed's and the workers' own lines go to RUN/logs, and --verbose streams them."""
+    raw = {**RAW, "train": {**RAW["train"], "steps": 6, "checkpoint_every": 0},
+           "tracking": {"wandb": False}}
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    runs = {}
+    for name, extra in (("plain", []), ("verbose", ["--verbose"])):
+        out = tmp_path / name
+        proc = subprocess.run(
+            [sys.executable, "-m", "fntk_dist.cli.main", "train", str(cfg), "--workers", "2",
+             "--out", str(out), *extra], capture_output=True, text=True, timeout=400,
+            env={**os.environ, "RAY_ADDRESS": ""})
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[name] = (out, [line for line in proc.stderr.replace("\r", "\n").splitlines()
+                            if line.strip()])
+    out, lines = runs["plain"]
+    assert lines and all(line.startswith("train ") for line in lines), lines[:20]
+    assert "7/7" in lines[-1] and "loss=" in lines[-1]
+    assert {p.name for p in (out / "logs").iterdir()} == {"rank0.log", "rank1.log",
+                                                          "progress.json"}
+    assert "accelerator" in (out / "logs" / "rank0.log").read_text()  # DeepSpeed's banner
+    _, lines = runs["verbose"]
+    assert any("RayTrainWorker" in line for line in lines)
