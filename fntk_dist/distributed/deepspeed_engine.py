@@ -85,6 +85,10 @@ class DeepSpeedEngine:
         else:
             # DeepSpeed averages gradients over the data group; the loss is a sum.
             self.engine.backward(loss * self.mesh.data)
+            if self.mesh.data > 1:  # its all-reduce (or reduce-scatter) of every gradient,
+                # each of the whole parameter's size (ds_numel: ZeRO-3 partitions it)
+                self.mesh.moved["data"] += sum(getattr(p, "ds_numel", p.numel())
+                                               * p.element_size() for p in self.params)
 
     def step(self) -> None:
         self.engine.step()

@@ -5,6 +5,9 @@ replica of the whole net, split by neurons) are consecutive, so they share a nod
 can. The object is also DeepSpeed's `mpu`: DeepSpeed partitions ZeRO state and averages
 gradients over the data group only, and treats the width group as model parallelism. How a
 net is split over the width group is fntk_dist.distributed.parallelize's business.
+
+`moved` counts the bytes of the tensors this rank has summed over each group (what its
+all-reduces carry), so a run can report the traffic of one training step.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ class Mesh:
             raise ValueError(f"mesh {width} x {data} does not match {dist.get_world_size()} ranks")
         self.width, self.data, self.rank = width, data, rank
         self.data_rank, self.width_rank = divmod(rank, width)
+        self.moved = {"width": 0, "data": 0}
         # Every rank must create every group, in the same order.
         self._width_group = self._data_group = None
         for d in range(data):
@@ -54,6 +58,7 @@ class Mesh:
         """t summed over the width group, in place (a no-op on a width of 1)."""
         if self.width > 1:
             dist.all_reduce(t, group=self._width_group)
+            self.moved["width"] += t.numel() * t.element_size()
         return t
 
     def max_width(self, t: torch.Tensor) -> torch.Tensor:
@@ -64,6 +69,7 @@ class Mesh:
     def sum_data(self, t: torch.Tensor) -> torch.Tensor:
         if self.data > 1:
             dist.all_reduce(t, group=self._data_group)
+            self.moved["data"] += t.numel() * t.element_size()
         return t
 
     def max_all(self, t: torch.Tensor) -> torch.Tensor:

@@ -36,6 +36,7 @@ from .layer import check_layer_args
 from .net import TwoLayerNet
 from .network import Network
 from .stack import LayerSpec, build_network, check_fan_in
+from .width import WidthShard
 
 Mode = Literal["dense", "sketch_in", "sketch_out", "lowrank"]
 Sketch = Literal["gaussian", "rademacher", "srht", "countsketch"]
@@ -163,18 +164,21 @@ class ModelConfig(BaseModel):
 
     def build(
         self, d: int, device: torch.device | str | None = None,
-        neurons: tuple[int, int] | None = None,
+        neurons: tuple[int, int] | None = None, width: WidthShard | None = None,
     ) -> Network:
         """The net for inputs of dimension d (a TwoLayerNet at depth 1); neurons=(lo, hi)
-        builds that range of the last layer. Bad values raise ConfigError('model.KEY: ...')."""
+        builds that range of the last layer, width that shard of every layer (models.width).
+        Bad values raise ConfigError('model.KEY: ...')."""
         specs = self.layer_specs
         try:
             if self.layers is None and len(specs) == 1:
+                if width is not None and width.size > 1:
+                    neurons = width.neurons(self.m)
                 return TwoLayerNet(d=d, m=self.m, mode=self.mode, k=self.k, sketch=self.sketch,
                                    train_output=self.train_output, seed=self.seed,
                                    dtype=self.dtype, device=device, neurons=neurons)
             return build_network(d, specs, train_output=self.train_output, seed=self.seed,
-                                 dtype=self.dtype, device=device, neurons=neurons)
+                                 dtype=self.dtype, device=device, neurons=neurons, width=width)
         except ValueError as err:  # the net names its argument first: "k: ..." -> "model.k: ..."
             msg = str(err)
             if self.layers is None:  # the flat keys were given: name them, and the layer

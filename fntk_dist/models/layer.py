@@ -15,6 +15,7 @@ from .cost import NetCost, layer_cost
 from .groups import Group, Role
 from .seeding import normal_rows, stream
 from .sketches import SKETCHES, InputSketch, OutputSketch
+from .width import SketchColumns, SumFn, gather_columns, sum_partials
 
 MODES = ("dense", "sketch_in", "sketch_out", "lowrank")
 _FIXED = {"sketch_in": "V", "sketch_out": "U"}  # the factor a sketch describes, per mode
@@ -61,6 +62,12 @@ class Layer(nn.Module):
     fixed random factor), lowrank (U and V trained). Every random tensor is a pure function of
     (seed, stream(index, name), neuron block), so the rows lo..hi-1 are exactly those of the
     whole layer, and layer 0 is the first layer of the two-layer net.
+
+    inputs=(lo, hi): a width shard of a deep net holds only those columns of its input (the
+    layer below's neurons, DESIGN section 7), and `reduce` sums a tensor over the shards that
+    hold the others. A factorized layer then holds the matching columns of V (a fixed sketch
+    as that slice of the whole sketch) and sums its partial Z over the shards; a dense layer
+    gathers its whole input (take_input) and holds whole rows.
     """
 
     def __init__(
@@ -74,17 +81,27 @@ class Layer(nn.Module):
         index: int = 0,
         dtype: torch.dtype | str = torch.float32,
         neurons: tuple[int, int] | None = None,
+        inputs: tuple[int, int] | None = None,
+        reduce: SumFn | None = None,
     ) -> None:
         super().__init__()
         check_int("d", d)
         sketch = check_layer_args(m, mode, k, sketch)
-        lo, hi = (0, m) if neurons is None else neurons
-        if not (isinstance(lo, int) and isinstance(hi, int) and 0 <= lo < hi <= m):
-            raise ValueError(f"neurons: expected 0 <= lo < hi <= m={m}, got {neurons}")
+        lo, hi = _check_range("neurons", neurons, m)
+        c0, c1 = _check_range("inputs", inputs, d)
+        split = (c0, c1) != (0, d)
+        if split and reduce is None:
+            raise ValueError("reduce: a layer holding some columns of its input needs the sum "
+                             "over the shards holding the others")
         dt = as_dtype(dtype)
 
         self.d, self.m, self.mode, self.k, self.sketch = d, m, mode, k, sketch
         self.seed, self.index, self.lo, self.hi = seed, index, lo, hi
+        self.inputs = (c0, c1)
+        # The sum of Z's partials over the input's shards; None: this layer sums nothing (its
+        # whole input is here, or, dense, it gathers it whole first).
+        self.reduce = reduce if split and mode != "dense" else None
+        self._gather = reduce if split and mode == "dense" else None
         self.W = self.U = self.V = None
         self.in_sketch = self.out_sketch = None
         self.factors = {"dense": ("W",), "sketch_in": ("U",), "sketch_out": ("V",),
@@ -95,9 +112,11 @@ class Layer(nn.Module):
             self.U = nn.Parameter(normal_rows(seed, stream(index, "U"), lo, hi, k).to(dt))
         if mode in ("sketch_out", "lowrank"):
             v = normal_rows(seed, stream(index, "V"), 0, k, d, std=k**-0.5)
-            self.V = nn.Parameter(v.to(dt))
+            self.V = nn.Parameter((v[:, c0:c1].contiguous() if split else v).to(dt))
         if mode == "sketch_in":
             self.in_sketch = InputSketch(sketch, k, d, seed, dt, stream(index, "V"))
+            if split:
+                self.in_sketch = SketchColumns(self.in_sketch, c0, c1)
         if mode == "sketch_out":
             self.out_sketch = OutputSketch(sketch, k, lo, hi, seed, dt, stream(index, "U"))
 
@@ -124,17 +143,32 @@ class Layer(nn.Module):
 
     def extra_repr(self) -> str:
         shard = "" if (self.lo, self.hi) == (0, self.m) else f", neurons=({self.lo}, {self.hi})"
+        if self.inputs != (0, self.d):
+            shard += f", inputs={self.inputs}"
         return (f"index={self.index}, d={self.d}, m={self.m}, mode={self.mode!r}, k={self.k}, "
                 f"sketch={self.sketch!r}{shard}")
 
     # -- the pieces the closed forms and the blocked step are made of ----------------------
+    def take_input(self, s: torch.Tensor) -> torch.Tensor:
+        """The input this layer computes on, from the columns `inputs` of it held here: a dense
+        layer of a width shard gathers the whole input (an all-reduce of n x d each way);
+        otherwise s itself."""
+        if self._gather is None:
+            return s
+        return gather_columns(s, self.inputs[0], self.d, self._gather)
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """What the trained rows multiply: X (dense) or Z = X V^T (factorized)."""
+        """What the trained rows multiply: X (dense) or Z = X V^T (factorized), Z summed over
+        the shards of a split input (differentiable: an all-reduce of n x k each way)."""
         if self.mode == "dense":
             return x
-        if self.mode == "sketch_in":
-            return self.in_sketch(x)
-        return x @ self.V.T
+        z = self.in_sketch(x) if self.mode == "sketch_in" else x @ self.V.T
+        return z if self.reduce is None else sum_partials(z, self.reduce)
+
+    def sum_inputs(self, g: torch.Tensor) -> torch.Tensor:
+        """A gradient with respect to Z from this shard's neurons, summed over the shards of a
+        split input (in place; g itself otherwise): the blocked step's backward of features."""
+        return g if self.reduce is None else self.reduce(g)
 
     def preact(
         self, feats: torch.Tensor, i0: int, i1: int, out: torch.Tensor | None = None
@@ -175,7 +209,8 @@ class Layer(nn.Module):
         return f @ self.V
 
     def neuron_weights(self, i0: int, i1: int) -> torch.Tensor:
-        """Effective rows w_r of local neurons [i0, i1): (i1 - i0, d)."""
+        """Effective rows w_r of local neurons [i0, i1): (i1 - i0, d), over the input columns
+        held here."""
         if self.mode == "dense":
             return self.W[i0:i1]
         u = self.out_sketch.rows(i0, i1) if self.mode == "sketch_out" else self.U[i0:i1]
@@ -193,5 +228,13 @@ class Layer(nn.Module):
         return None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The pre-activations of all local neurons: (n, d) -> (n, m_local)."""
+        """The pre-activations of all local neurons from the input take_input gives."""
         return self.preact(self.features(x), 0, self.m_local)
+
+
+def _check_range(name: str, rng: tuple[int, int] | None, size: int) -> tuple[int, int]:
+    """rng, or (0, size) when None; ValueError('<name>: ...') unless 0 <= lo < hi <= size."""
+    lo, hi = (0, size) if rng is None else rng
+    if not (isinstance(lo, int) and isinstance(hi, int) and 0 <= lo < hi <= size):
+        raise ValueError(f"{name}: expected 0 <= lo < hi <= {size}, got {rng}")
+    return lo, hi

@@ -5,7 +5,10 @@
 
 With one layer this is exactly the two-layer net of section 2 (TwoLayerNet builds that case).
 The readout a is +-1, trained only when train_output, and covers the last layer's neurons:
-a net whose last layer holds neurons [lo, hi) returns that width shard's share of f.
+a net whose last layer holds neurons [lo, hi) returns that width shard's share of f. That may
+be the only layer split (the Gram's shards), or every layer may be (a width shard of tensor
+parallel training, models.width): layer l then holds the input columns that match layer
+l - 1's neurons.
 """
 
 from __future__ import annotations
@@ -44,9 +47,10 @@ class Network(nn.Module):
             if above.d != below.m:
                 raise ValueError(f"layers: layer {i} takes d={above.d} inputs but layer {i - 1} "
                                  f"has m={below.m} neurons")
-            if (below.lo, below.hi) != (0, below.m):
-                raise ValueError(f"neurons: layer {i - 1} feeds layer {i}, so it must hold all "
-                                 f"its neurons; only the last layer may be a width shard")
+            if above.inputs != (below.lo, below.hi):
+                raise ValueError(f"inputs: layer {i} holds the columns {above.inputs} of its "
+                                 f"input but layer {i - 1} holds the neurons "
+                                 f"{(below.lo, below.hi)}; a width shard holds the same range")
         if len({layer.dtype for layer in layers}) > 1:
             raise ValueError(f"dtype: layers differ ({[layer.dtype for layer in layers]})")
         last = layers[-1]
@@ -156,11 +160,12 @@ class Network(nn.Module):
         """s^l = c_l h^{l-1} for l = 1..L, bottom up (s^1 = x). Layer l's pre-activations on
         s^l are g^l = c_l W^l h^{l-1}: the scale rides on the input, so every per-layer
         computation (kernels, blocked step) treats a layer like the first, and relu'(g^l) is
-        s^{l+1} > 0 (c_{l+1} > 0)."""
+        s^{l+1} > 0 (c_{l+1} > 0). A width shard of every layer yields the columns it holds,
+        or, to a dense layer, the whole input gathered (Layer.take_input)."""
         s = x
         yield s
-        for c, layer in zip(self.scales[1:], self.layers[:-1]):
-            s = torch.relu(layer(s)) * c
+        for c, layer, above in zip(self.scales[1:], self.layers[:-1], self.layers[1:]):
+            s = above.take_input(torch.relu(layer(s)) * c)  # a width shard's dense layer gathers
             yield s
 
     def layer_inputs(self, x: torch.Tensor) -> list[torch.Tensor]:

@@ -24,7 +24,13 @@ from tqdm import tqdm
 from ..checks import batch_size
 from ..config import RunConfig
 from ..data import Dataset
-from ..distributed.parallelize import neuron_range, shard_ranges, sum_output, sum_shared_gradients
+from ..distributed.parallelize import (
+    gather_whole,
+    shard_ranges,
+    sum_output,
+    sum_shared_gradients,
+    width_shard,
+)
 from ..interrupts import Interrupted
 from ..models.network import Network
 from ..runtime import as_dtype, peak_rss_bytes, rss_bytes, synchronize
@@ -57,6 +63,11 @@ def _rss_mb(mesh: Mesh) -> tuple[float, float]:
     return float(rss[0]), float(rss[1])
 
 
+def _moved(mesh: Mesh) -> list[int]:
+    """Bytes this rank has summed so far over the width and the data group."""
+    return [mesh.moved["width"], mesh.moved["data"]]
+
+
 def train_loop(
     cfg: RunConfig, out_dir: Path, data: Dataset, *, mesh: Mesh, device: torch.device,
     make_engine: Callable[[Network, float, int], Engine], checkpointer: Checkpointer,
@@ -79,9 +90,16 @@ def train_loop(
     x_test = torch.as_tensor(data.x_test, dtype=dt, device=device)
     y_test = torch.as_tensor(data.y_test, dtype=dt, device=device)
     n = data.n
-    net = cfg.model.build(d=data.d, neurons=neuron_range(cfg.model.m, mesh), device=device)
-    diag = Diagnostics(net, x, tc.gram_max_n, tc.block, cfg.gram.top,
-                       width=mesh if mesh.width > 1 else None)
+    net = cfg.model.build(d=data.d, width=width_shard(mesh), device=device)
+    # A width shard of a deep net holds part of every layer: its diagnostics measure the whole
+    # net, gathered from the shards (a depth-1 shard's Gram finishes from reduced partials).
+    whole = cfg.model.build(d=data.d, device=device) if mesh.width > 1 and net.depth > 1 else None
+
+    def measured() -> Network:
+        return net if whole is None else gather_whole(whole, net, mesh)
+
+    diag = Diagnostics(measured(), x, tc.gram_max_n, tc.block, cfg.gram.top,
+                       width=mesh if mesh.width > 1 and whole is None else None)
     eta = tc.lr if tc.lr is not None else tc.lr_scale / diag.spec0.lambda_max
     r0, r1 = shard_ranges(batch, mesh.data)[mesh.data_rank]  # this rank's part of a batch
     f0, f1 = shard_ranges(n, mesh.data)[mesh.data_rank]  # ... and of all n points
@@ -132,6 +150,7 @@ def train_loop(
 
         checkpointer.save(next_step, write, {"step": next_step, "loss": loss_value})
 
+    step_bytes = [0, 0]  # what the last step's collectives carried, width and data group
     bar = None
     if mesh.rank == 0 and progress:
         bar = bar_class(total=tc.steps + 1, desc=f"train {cfg.name or out_dir.name}")
@@ -142,6 +161,7 @@ def train_loop(
             row: dict[str, float] = {}
             synchronize(device)
             t0 = time.perf_counter()
+            start = _moved(mesh)
             if batch == n:
                 xb, yb, scale = x[r0:r1], y[r0:r1], 1.0
             else:
@@ -150,6 +170,7 @@ def train_loop(
             loss = 0.5 * scale * ((output(xb) - yb) ** 2).sum()
             synchronize(device)
             seconds = time.perf_counter() - t0
+            forward_bytes = [b - a for a, b in zip(start, _moved(mesh))]
             # Everything measured at step t is measured before the update of step t.
             if batch == n:
                 loss_value = float(mesh.sum_data(loss.detach().clone()))
@@ -163,14 +184,17 @@ def train_loop(
                     row["loss"] = loss_value
             if tc.ntk_every and t % tc.ntk_every == 0 or t in (0, tc.steps):
                 with engine.gathered():
-                    row.update(diag.gram(net))
-                    row.update(diag.weights(net))
+                    seen = measured()
+                    row.update(diag.gram(seen))
+                    row.update(diag.weights(seen))
                 row.update(test_metrics())
             if not last:
                 t0 = time.perf_counter()
+                before = _moved(mesh)
                 engine.backward(loss)
                 engine.step()
                 synchronize(device)
+                step_bytes = [f + b - a for f, a, b in zip(forward_bytes, before, _moved(mesh))]
                 state.step_seconds.append(seconds + time.perf_counter() - t0)
                 if logging:
                     sec = state.step_seconds[-1]
@@ -209,6 +233,7 @@ def train_loop(
                    **{f"final_{k}": v for k, v in final_test.items()},
                    "worker_peak_rss_mb": peak_mb, "worker_end_rss_mb": now_mb},
             extra={"workers": mesh.width * mesh.data, "width": mesh.width, "data": mesh.data,
+                   "width_bytes_per_step": step_bytes[0], "data_bytes_per_step": step_bytes[1],
                    **engine.describe(), "restarts_from_checkpoint": state.restarts})
         tracker = None
         return summary

@@ -1,9 +1,9 @@
 """Deep nets in one process: training (the loss falls, the diagnostics are finite and per
-layer), the deep quickstart config, `fntk gram`, and the mesh refusing depth > 1 in one line."""
+layer), the deep quickstart config, `fntk gram`, and the mesh refusing a width that does not
+divide a layer in one line."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -62,25 +62,26 @@ def test_deep_quickstart_is_a_deep_factorized_net():
     assert net.depth == 3 and all(layer.mode != "dense" for layer in net.layers)
 
 
-@pytest.mark.parametrize("section", [{"layers": MIXED["model"]["layers"]},
-                                     {"mode": "lowrank", "m": 64, "k": 4, "depth": 2}])
-def test_the_training_mesh_refuses_deep_nets_in_one_line(tmp_path, capsys, section):
+@pytest.mark.parametrize(("section", "key"), [
+    ({"layers": [*MIXED["model"]["layers"][:2], {"m": 511, "mode": "lowrank", "k": 16}]},
+     "model.layers.2.m = 511"),
+    ({"mode": "lowrank", "m": 63, "k": 4, "depth": 2}, "model.m = 63")])
+def test_the_training_mesh_refuses_a_width_that_does_not_divide_a_layer(tmp_path, capsys,
+                                                                        section, key):
     raw = {**MIXED, "model": section}
-    cfg = build_config(raw, ["dist.workers=2"])
-    key = "model.layers" if "layers" in section else "model.depth"
+    cfg = build_config(raw, ["dist.workers=2", "dist.width=2"])
     data = load_dataset(cfg.data)
-    with pytest.raises(ConfigError, match=f"^{key}: distributed training covers one hidden "
-                                          "layer so far"):
+    with pytest.raises(ConfigError, match=f"^dist.width: 2 does not divide {key}$"):
         check_train(cfg, data)
     path = tmp_path / "deep.yaml"
     path.write_text(yaml.safe_dump(raw))
     out = tmp_path / "run"
-    assert main(["train", str(path), "--workers", "2", "--out", str(out), "--quiet"]) == 2
+    argv = ["train", str(path), "--workers", "2", "--out", str(out), "--quiet", "dist.width=2"]
+    assert main(argv) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith(f"fntk: error: {path}: {key}: distributed training")
-    assert "\n" not in err
+    assert err == f"fntk: error: {path}: dist.width: 2 does not divide {key}"
     assert not out.exists()
-    assert json.loads(json.dumps(cfg.model.model_dump()))  # plain data, as run folders keep it
+    assert check_train(build_config(raw, ["dist.workers=2"]), data).data == 2  # data parallel
 
 
 def test_fntk_gram_of_a_deep_net_in_one_process(tmp_path):

@@ -179,7 +179,9 @@ def test_deep_network_follows_the_scaling_convention():
 
 @pytest.mark.parametrize("layers,msg", [
     (lambda: [Layer(5, 30), Layer(20, 10)], "layers: layer 1 takes d=20"),
-    (lambda: [Layer(5, 30, neurons=(0, 10)), Layer(30, 10)], "neurons: layer 0 feeds"),
+    (lambda: [Layer(5, 30, neurons=(0, 10)), Layer(30, 10)],
+     r"inputs: layer 1 holds the columns \(0, 30\) of its input but layer 0 holds the neurons "
+     r"\(0, 10\)"),
     (lambda: [Layer(5, 30), Layer(30, 10, dtype=torch.float64)], "dtype:"),
     (lambda: [], "layers:"),
 ])
