@@ -1,7 +1,9 @@
-"""Timing helper shared by the benchmarks in tools/ (run them as `python tools/bench_*.py`)."""
+"""Timing helpers shared by the benchmarks in tools/ (run them as `python tools/bench_*.py`)."""
 
 from __future__ import annotations
 
+import resource
+import statistics
 import time
 from collections.abc import Callable
 
@@ -15,3 +17,25 @@ def best_of(fn: Callable[[], object], repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return min(times)
+
+
+def per_call(fn: Callable[[], object], repeats: int, warmup: int = 2) -> tuple[float, float]:
+    """(median wall time of `repeats` calls, minor page faults per call), after `warmup` calls.
+
+    Faults are the whole process's (every thread), ru_minflt of getrusage."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
+    return statistics.median(times), faults / repeats
+
+
+def spread(values: list[float], fmt: str = "{:.4f}") -> str:
+    """'median [min-max]' of values."""
+    return (f"{fmt.format(statistics.median(values))} "
+            f"[{fmt.format(min(values))}-{fmt.format(max(values))}]")

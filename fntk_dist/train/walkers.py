@@ -46,6 +46,9 @@ class _Walker:
                 done.set_result(fn())
             except BaseException as err:  # handed to the caller, which raises it
                 done.set_exception(err)
+            # Not held while waiting for the next job: the job's closure holds the step's
+            # gradients, which autograd takes over without a copy only if nobody else does.
+            del fn, done
 
 
 _WALKERS: list[_Walker] = []

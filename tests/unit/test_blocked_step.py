@@ -134,19 +134,21 @@ def test_a_failing_block_is_raised_and_stops_the_walk():
     assert done == list(range(len(done))) and 3 <= len(done) <= 5
 
 
-def test_spare_grads_are_refilled_in_place():
+@pytest.mark.parametrize("threads", [1, 2])
+def test_spare_grads_are_refilled_in_place(threads):
     # A training step writes its gradients into the last step's tensors: same memory, and the
-    # same numbers as a step with fresh gradients.
+    # same numbers as a step with fresh gradients (walked by threads too: a walker must not
+    # hold on to the step's gradients, or autograd copies them).
     net = TwoLayerNet(9, 50, "lowrank", 4, train_output=True, seed=3, dtype=torch.float64)
     params = [p for p in net.parameters() if p.requires_grad]
     x = torch.randn(13, 9, dtype=torch.float64)
     spare = SpareGrads()
-    blocked_output(net, x, 7, spare=spare).square().sum().backward()
+    blocked_output(net, x, 7, threads, spare).square().sum().backward()
     first = [p.grad.data_ptr() for p in params]  # not the tensors: a held one is not reused
     spare.recycle(params)
     assert all(p.grad is None for p in params)
     x2 = torch.randn(13, 9, dtype=torch.float64)
-    blocked_output(net, x2, 7, spare=spare).square().sum().backward()
+    blocked_output(net, x2, 7, threads, spare).square().sum().backward()
     # U's rows and a are written by the walk into the recycled tensors; V's gradient is a
     # product formed after it (k x d, not of the width's size).
     assert [p.grad.data_ptr() for p in params[:2]] == first[:2]
