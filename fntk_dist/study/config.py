@@ -7,6 +7,8 @@
       mode: [dense, sketch_in]
       m: [64, 256]
       k: [8]
+      depth: [1, 2, 3]         # hidden layers, each the flat m/mode/k/sketch
+                               # (or layers: [[{m: 64, mode: dense}, {m: 64, mode: lowrank, k: 8}]])
 
 Grid keys are the short names below or any dotted key of a run config (train.steps). Every
 trial is validated before any runs, so a bad grid fails at once with one message naming its key.
@@ -32,6 +34,7 @@ from ..errors import UserError
 SHORT_KEYS = {
     "mode": "model.mode", "sketch": "model.sketch", "m": "model.m", "k": "model.k",
     "train_output": "model.train_output", "seed": "model.seed",
+    "depth": "model.depth", "layers": "model.layers",
     "source": "data.source", "n": "data.n", "d": "data.d",
 }
 # Keys that mean nothing for some modes: dropped there, so a grid over k and mode works.
@@ -94,6 +97,7 @@ def _trial_id(cfg: RunConfig) -> str:
     m, dc = cfg.model, cfg.data
     parts = [dc.source, f"n{dc.n if dc.n is not None else 'all'}"]
     parts += [f"d{dc.d}"] if dc.source == "sphere" else []
+    parts += [f"L{m.hidden_layers}"] if m.hidden_layers > 1 else []
     parts += [m.mode] + ([m.sketch] if m.sketch else []) + [f"m{m.m}"]
     parts += ([f"k{m.k}"] if m.k is not None else []) + (["out"] if m.train_output else [])
     shaping = cfg.model_dump(mode="json", include={"model", "data", "train", "gram"})
@@ -144,7 +148,8 @@ def expand(sweep: SweepConfig, source: str = "sweep") -> list[Trial]:
                 "name": tid,
                 "tracking": cfg.tracking.model_copy(update={
                     "group": cfg.tracking.group or sweep.name,
-                    "tags": [*cfg.tracking.tags, cfg.model.mode, f"m={cfg.model.m}"]}),
+                    "tags": [*cfg.tracking.tags, cfg.model.mode, f"m={cfg.model.m}",
+                             f"depth={cfg.model.hidden_layers}"]}),
             })
             params = {k: v for k, v in zip(keys, values)
                       if mode not in _UNUSED.get(SHORT_KEYS.get(k, k), ())}

@@ -26,16 +26,20 @@ def dataset_label(r: pd.Series) -> str:
     return f"{r['source']} n={int(r['n'])}{d}"
 
 
-def series_label(r: pd.Series, sketches: bool) -> str:
-    """'sketch_in/srht k=32 +a' (the sketch named only when the sweep varies it)."""
+def series_label(r: pd.Series, sketches: bool, depth: bool = True) -> str:
+    """'sketch_in/srht k=32 +a L=3' (the sketch named only when the sweep varies it; the
+    depth, of the mode's last layer, only when above 1)."""
     s = r["mode"] + (f"/{r['sketch']}" if sketches and isinstance(r["sketch"], str) else "")
     s += "" if pd.isna(r["k"]) else f" k={int(r['k'])}"
-    return s + (" +a" if r["train_output"] else "")
+    s += " +a" if r["train_output"] else ""
+    return s + (f" L={int(r['depth'])}" if depth and r["depth"] > 1 else "")
 
 
 def with_labels(df: pd.DataFrame) -> pd.DataFrame:
     """Finished trials with their dataset and series labels added."""
     df = df[df["error"].isna()].copy()
+    if "depth" not in df:  # results.parquet written before depth was a column
+        df["depth"] = 1
     sketches = df["sketch"].dropna().nunique() > 1
     df["dataset"] = df.apply(dataset_label, axis=1)
     df["series"] = df.apply(lambda r: series_label(r, sketches), axis=1)
@@ -85,9 +89,11 @@ def _lines(ax, df: pd.DataFrame, y: Callable[[pd.DataFrame], pd.Series], styles:
                     capsize=2, label=s, **kw)
 
 
-def _finish(ax, title: str, ylabel: str, logy: bool = False, xlabel: str = "width m") -> None:
-    ax.set_xscale("log")
-    ax.xaxis.set_minor_formatter(NullFormatter())  # short ranges would label every minor tick
+def _finish(ax, title: str, ylabel: str, logy: bool = False, xlabel: str = "width m",
+            logx: bool = True) -> None:
+    if logx:
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # short ranges would label every minor tick
     if logy:
         ax.set_yscale("log")
     ax.set_title(title, fontsize=9)
@@ -146,7 +152,29 @@ def plot_all(df: pd.DataFrame, out: Path) -> list[Path]:
     _cost(df, paths["cost_vs_m"])
     _cost_vs_lambda(df, paths["cost_vs_lambda"])
     _test_error(df, paths["test_error_vs_m"])
+    if df["depth"].nunique() > 1:
+        paths["lambda0_vs_depth"] = out / "lambda0_vs_depth.png"
+        _vs_depth(df, paths["lambda0_vs_depth"])
     return list(paths.values())
+
+
+def _vs_depth(df: pd.DataFrame, path: Path) -> None:
+    """lambda_min(H(0)) and the distance to the analytic kernel against the number of hidden
+    layers, one line per mode and width."""
+    sketches = df["sketch"].dropna().nunique() > 1
+    df = df.assign(series=df.apply(lambda r: f"{series_label(r, sketches, depth=False)} "
+                                             f"m={int(r['m'])}", axis=1))
+    fig, axes, datasets = _panels(df, rows=2)
+    styles = _styles(df)
+    for j, ds in enumerate(datasets):
+        sub = df[df["dataset"] == ds]
+        _lines(axes[0][j], sub, lambda g: g["lambda_min_0"], styles, x="depth")
+        _finish(axes[0][j], ds, "lambda_min(H(0))", logy=True, xlabel="hidden layers L",
+                logx=False)
+        _lines(axes[1][j], sub, lambda g: g["gram_rel_err_inf"], styles, x="depth")
+        _finish(axes[1][j], ds, "||H(0) - H_inf|| / ||H_inf||", logy=True,
+                xlabel="hidden layers L", logx=False)
+    _save(fig, path)
 
 
 def _cost(df: pd.DataFrame, path: Path) -> None:

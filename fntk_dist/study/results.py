@@ -20,7 +20,7 @@ from .config import Trial
 _PARAMS = [
     ("trial_id", pa.string()), ("source", pa.string()), ("n", pa.int64()), ("d", pa.int64()),
     ("n_test", pa.int64()), ("mode", pa.string()), ("sketch", pa.string()), ("m", pa.int64()),
-    ("k", pa.int64()), ("train_output", pa.bool_()), ("seed", pa.int64()),
+    ("depth", pa.int64()), ("k", pa.int64()), ("train_output", pa.bool_()), ("seed", pa.int64()),
     ("params", pa.string()),  # the grid values as JSON, for keys beyond the columns above
 ]
 # ... and what it measured (summary.json and regression.json; null where not measured).
@@ -49,7 +49,7 @@ def trial_row(trial: Trial, measured: dict[str, Any] | None, error: str | None) 
         "trial_id": trial.id, "source": cfg.data.source, "n": measured.get("n", cfg.data.n),
         "d": measured.get("d", cfg.data.d if cfg.data.source == "sphere" else None),
         "n_test": measured.get("n_test"), "mode": cfg.model.mode, "sketch": cfg.model.sketch,
-        "m": cfg.model.m, "k": cfg.model.k, "train_output": cfg.model.train_output,
+        "m": cfg.model.m, "depth": cfg.model.hidden_layers, "k": cfg.model.k, "train_output": cfg.model.train_output,
         "seed": cfg.model.seed, "params": json.dumps(trial.params, sort_keys=True),
         "error": error,
     }

@@ -225,3 +225,31 @@ def test_ctrl_c_on_a_sweep_is_one_line_and_keeps_finished_trials(tmp_path, signu
     assert ours == ["fntk: interrupted; finished trials are kept: rerun the same command to "
                     "run the rest"]
     assert _finished(out)
+
+
+def test_depth_and_layers_are_grid_keys_and_the_report_plots_against_depth(tmp_path, capsys):
+    sweep = tmp_path / "deep.yaml"
+    sweep.write_text(yaml.safe_dump({
+        "name": "deep", "regression": False,
+        "base": {"model": {"dtype": "float64", "m": 48},
+                 "data": {"source": "sphere", "n": 16, "d": 6},
+                 "train": {"steps": 10, "ntk_every": 5}, "tracking": {"wandb": False}},
+        "grid": [{"mode": ["dense", "lowrank"], "k": [4], "depth": [1, 2, 3]},
+                 {"layers": [[{"m": 48, "mode": "sketch_in", "k": 4, "sketch": "srht"},
+                              {"m": 48, "mode": "dense"}]]}],
+    }))
+    out = tmp_path / "out"
+    assert main(["sweep", str(sweep), "--out", str(out), "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out)["ran"] == 7
+    rows = pq.read_table(out / "results.parquet").to_pylist()
+    assert sorted((r["mode"], r["depth"]) for r in rows) == sorted(
+        [(mode, depth) for mode in ("dense", "lowrank") for depth in (1, 2, 3)]
+        + [("dense", 2)])
+    assert all(("-L" in r["trial_id"]) == (r["depth"] > 1) for r in rows)
+    # The analytic limit exists for dense stacks (and a sketch_in first layer), not lowrank.
+    assert all((r["lambda_inf"] is not None) == (r["mode"] == "dense") for r in rows)
+    assert main(["report", str(out)]) == 0
+    text = (out / "report" / "report.md").read_text()
+    assert "(lambda0_vs_depth.png)" in text and "| dense L=3 |" in text
+    png = out / "report" / "lambda0_vs_depth.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
