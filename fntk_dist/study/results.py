@@ -49,7 +49,8 @@ def trial_row(trial: Trial, measured: dict[str, Any] | None, error: str | None) 
         "trial_id": trial.id, "source": cfg.data.source, "n": measured.get("n", cfg.data.n),
         "d": measured.get("d", cfg.data.d if cfg.data.source == "sphere" else None),
         "n_test": measured.get("n_test"), "mode": cfg.model.mode, "sketch": cfg.model.sketch,
-        "m": cfg.model.m, "depth": cfg.model.hidden_layers, "k": cfg.model.k, "train_output": cfg.model.train_output,
+        "m": cfg.model.m, "depth": cfg.model.hidden_layers, "k": cfg.model.k,
+        "train_output": cfg.model.train_output,
         "seed": cfg.model.seed, "params": json.dumps(trial.params, sort_keys=True),
         "error": error,
     }
