@@ -15,7 +15,8 @@ synchronise the device before they read the clock):
 - agreement: the first rows of each CUDA Gram against the CPU's float64 cross-Gram of those
   rows (target: 1e-10 for float64 nets; float32 nets differ where a pre-activation near 0
   rounds to the other sign, which moves an entry by about 1/m);
-- training step (target: sketch_in, m = 2^20, k = 128, d = 1024, n = 8192, bf16 autocast):
+- training step (target: sketch_in, m = 2^20, k = 128, d = 1024, n = 8192, bf16 autocast;
+  in the blocks `fntk train` picks and, on CUDA, in blocks from free device memory):
   model FLOPs (net.cost().train_step_flops * n) per second as a fraction of the bfloat16 peak
   (target: >= 40%), with and without autocast.
 
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import platform
 import statistics
@@ -38,6 +40,7 @@ from pathlib import Path
 import torch
 
 from fntk_dist import TwoLayerNet, empirical_ntk
+from fntk_dist.models.blocks import device_block
 from fntk_dist.runtime import synchronize
 from fntk_dist.train.blocked import blocked_output
 
@@ -144,23 +147,29 @@ def gram_runs(size: dict, rows: int, device: torch.device, repeats: int, peak: f
 
 def step_runs(size: dict, device: torch.device, repeats: int, peak: float) -> list:
     """One blocked training step (forward, backward, SGD update) of a float32 sketch_in net,
-    with and without bf16 autocast: model FLOPs per second against the bfloat16 peak."""
+    with and without bf16 autocast, in the blocks `fntk train` picks and, on CUDA, in blocks
+    from device memory (models.blocks.device_block): model FLOPs per second against the
+    bfloat16 peak."""
     n, m, d, k = size["n"], size["m"], size["d"], size["k"]
     net = TwoLayerNet(d, m, "sketch_in", k, "gaussian", False, 0, torch.float32, device)
     x = _points(n, d, device, torch.float32)
     y = torch.randn(n, generator=torch.Generator().manual_seed(1)).to(device)
     opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=1e-6)
     flops = net.cost().train_step_flops * n
+    blocks = {"default": None}
+    if device_block(n, device) is not None:
+        blocks["device"] = device_block(n, device)
     out = []
-    for autocast in (True, False):
-        def step(autocast=autocast) -> None:
+    for (source, block), autocast in itertools.product(blocks.items(), (True, False)):
+        def step(block=block, autocast=autocast) -> None:
             opt.zero_grad(set_to_none=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                loss = 0.5 * ((blocked_output(net, x) - y) ** 2).sum()
+                loss = 0.5 * ((blocked_output(net, x, block) - y) ** 2).sum()
             loss.backward()
             opt.step()
 
         row = {"mode": "sketch_in", "n": n, "m": m, "d": d, "k": k, "bf16_autocast": autocast,
+               "blocks": source if block is None else f"{source} ({block})",
                "model_flops": flops}
         try:
             t = timed(step, device, repeats)
@@ -201,14 +210,15 @@ def markdown(report: dict) -> str:
                      f"{g['overlap_fraction_of_bf16_peak']:.0%} | {g['gram_tflops']:.3g} | "
                      f"{g['gram_fraction_of_bf16_peak']:.0%} | {g['max_rel']:.2e} | "
                      f"{g['frobenius_rel']:.2e} |")
-    lines += ["", "| training step | bf16 autocast | seconds | model TFLOP/s | of bf16 peak |",
-              "|---|---|---|---|---|"]
+    lines += ["", "| training step | blocks | bf16 autocast | seconds | model TFLOP/s "
+              "| of bf16 peak |", "|---|---|---|---|---|---|"]
     for s in report["step"]:
         name = f"{s['mode']} n={s['n']} m={s['m']} d={s['d']} k={s['k']}"
         if "error" in s:
-            lines.append(f"| {name} | {s['bf16_autocast']} | failed: {s['error']} | | |")
+            lines.append(f"| {name} | {s['blocks']} | {s['bf16_autocast']} | "
+                         f"failed: {s['error']} | | |")
             continue
-        lines.append(f"| {name} | {s['bf16_autocast']} | {s['median_s']:.4g} "
+        lines.append(f"| {name} | {s['blocks']} | {s['bf16_autocast']} | {s['median_s']:.4g} "
                      f"[{s['min_s']:.4g}, {s['max_s']:.4g}] | {s['tflops']:.3g} | "
                      f"{s['fraction_of_bf16_peak']:.0%} |")
     lines += ["", f"Targets (issue 18): {json.dumps(TARGETS)}", ""]
