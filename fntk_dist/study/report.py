@@ -6,6 +6,7 @@ import math
 import numbers
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
@@ -90,6 +91,42 @@ def savings_table(df: pd.DataFrame) -> str:
                            "dense params / these", "dense seconds / these"], rows)
 
 
+# Log-log slopes against the width (theory: -1/2 for the distance to the limit; the drift
+# of a lazy net falls like m^-1/2 too).
+_SLOPES = [
+    ("rel err H0", lambda g: g["gram_rel_err_inf"]),
+    ("drift/lmax", lambda g: g["max_gram_drift"] / g["lambda_max_0"]),
+    ("lambda_min(H0)", lambda g: g["lambda_min_0"]),
+]
+
+
+def loglog_slope(m: pd.Series, y: pd.Series) -> float | None:
+    """Least-squares slope of log(median over seeds of y) against log m; None with fewer than
+    two widths holding a positive median."""
+    med = pd.DataFrame({"m": m, "y": y}).dropna().groupby("m")["y"].median()
+    med = med[med > 0]
+    if len(med) < 2:
+        return None
+    return float(np.polyfit(np.log(med.index.to_numpy(float)), np.log(med.to_numpy()), 1)[0])
+
+
+def _rounded(slope: float | None) -> float | None:
+    return None if slope is None else round(slope, 3)
+
+
+def slopes_table(df: pd.DataFrame) -> str:
+    """Per dataset and series, the width exponent of each quantity of _SLOPES."""
+    rows = []
+    for (ds, series), g in df.groupby(["dataset", "series"], sort=True):
+        if g["m"].nunique() < 2:
+            continue
+        rows.append([ds, series, f"{int(g['m'].min())}-{int(g['m'].max())}",
+                     *(_rounded(loglog_slope(g["m"], f(g))) for _, f in _SLOPES)])
+    if not rows:
+        return "No series varies the width."
+    return markdown_table(["dataset", "series", "widths", *(h for h, _ in _SLOPES)], rows)
+
+
 def write_report(sweep_dir: str | Path, out: str | Path | None = None) -> Path:
     """Plots and report.md for the sweep folder; returns the report's path."""
     sweep_dir = Path(sweep_dir)
@@ -111,6 +148,9 @@ def write_report(sweep_dir: str | Path, out: str | Path | None = None) -> Path:
         "max_t ||H(t) - H(0)||_2 / lambda_max(H(0)); `rel err H0` is "
         "||H(0) - H_inf||_2 / ||H_inf||_2 (dense and sketch_in only).", "",
         "## Results", "", config_table(df), "",
+        "## Width exponents", "",
+        "Slope of log(median over seeds) against log m, least squares over the widths.", "",
+        slopes_table(df), "",
         "## Cheapest width reaching 1e-6 of the initial loss, against dense", "",
         savings_table(df), "",
         "## Plots", "",
