@@ -63,7 +63,7 @@ def test_ray_actors_take_a_gpu_and_compute_the_gram_there(ray_cluster, tmp_path)
 
 
 def test_deepspeed_nccl_bf16_on_one_gpu_trains(ray_cluster, tmp_path):
-    path = _config(tmp_path, model={"dtype": "float32"}, train={"device": "cuda"},
+    path = _config(tmp_path, model={"dtype": "float32"}, train={"device": "cuda", "steps": 60},
                    deepspeed={"precision": "bf16"})
     out = tmp_path / "ds"
     assert main(["train", str(path), "--workers", "1", "--out", str(out), "--quiet"]) == 0
