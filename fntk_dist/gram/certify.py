@@ -1,11 +1,13 @@
 """A certified bracket lambda_min_lower <= lambda_min(H) <= lambda_min_upper for a stored Gram.
 
 The steps (DESIGN.md, "Certified lambda_min"):
-1. A shift sigma below lambda_min: from an estimate (the assembled matrix's eigvalsh) placed
-   rtol/4 under it, or, with no estimate, -8 e0 (e0 = the Cholesky error bound at sigma = 0:
-   H + 8 e0 I factors whenever H is positive semidefinite to within its rounding).
+1. A shift sigma below lambda_min: from an estimate (the assembled matrix's eigvalsh, or
+   gram.lambda_estimate) placed rtol/4 under it, or, with no estimate, -8 e0 (e0 = the
+   Cholesky error bound at sigma = 0: H + 8 e0 I factors whenever H is positive semidefinite
+   to within its rounding; at least sqrt(tiny), so that a Gram that vanishes has a shift too).
 2. A Cholesky of fl(H - sigma I); where it breaks down, sigma moves down four times its
-   distance to the estimate, and again, up to gram.certify_max_factorizations. Its success
+   distance to the estimate (at least halfway to 0), and again, up to
+   gram.certify_max_factorizations. Its success
    proves lambda_min(H) >= sigma - error (fntk_dist.gram.bounds: Demmel's backward error in
    Rump's normwise form).
 3. Shift-invert Lanczos (ARPACK on (R^T R)^{-1}) with the first factor that succeeds: the bottom
@@ -94,10 +96,13 @@ def _next_shift(tried: list[tuple[float, bool]], est: float | None, diag: np.nda
             return None
         if target <= best + (est - best) / 2:  # not worth a factorization
             return None
-    failed = [s for s, good in tried if not good and s >= target and (best is None or s > best)]
-    if failed:  # back off: four times the distance of the lowest failure
-        s = min(failed)
+    failed = [s for s, good in tried if not good and (best is None or s > best)]
+    if failed and target >= min(failed):  # lambda_min is below every failed shift: back off,
+        s = min(failed)  # four times the distance of the lowest failure, at least halfway to 0
+        # (a Gram is positive semidefinite, so a bad estimate is too high)
         target = s - 3 * max(ref - s, floor)
+        if s > 0:
+            target = min(target, s / 2)
         if best is not None and target <= best:
             return None
     return float(target)

@@ -38,6 +38,11 @@ class GramConfig(BaseModel):
                                       "placed rtol/4 below the Ritz estimate")
     certify_max_factorizations: int = Field(
         4, ge=1, description="Cholesky factorizations at most (failed shifts included)")
+    lambda_estimate: float | None = Field(
+        None, description="a guess of lambda_min (an earlier run's) for the first shift of the "
+                          "tiled path, which otherwise factors H + 8 e0 I first for a Lanczos "
+                          "estimate: right, it saves a factorization; too high, the "
+                          "factorization fails and the shift backs off")
     bottom: int = Field(3, ge=1, description="smallest eigenvalues shift-invert Lanczos finds")
     factor_workers: int = Field(
         1, ge=1, description="threads running the tiled Cholesky's tile tasks; each task's "

@@ -76,7 +76,7 @@ def spectrum_report(store: TileStore, net: Network, x: torch.Tensor, gc: GramCon
         src = Source(store.n, gram_diagonal(store), lambda: tile_blocks(store), factor,
                      f"tiled Cholesky over the tile store ({workers} thread"
                      f"{'s' * (workers > 1)}), shift-invert Lanczos")
-        certified = bracket_lambda_min(src, None, opt, folder)
+        certified = bracket_lambda_min(src, gc.lambda_estimate, opt, folder)
         est = certified["lambda_min_estimate"]
         spec = make_spectrum(est if est is not None else float("nan"), top)
         resid = (certified["ritz_residual"] / top[0]

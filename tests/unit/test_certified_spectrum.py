@@ -179,6 +179,20 @@ def test_a_killed_bracket_replays_its_journal_and_ends_alike(tmp_path):
     assert again["lambda_min_rel_width"] <= 1e-3
 
 
+@pytest.mark.parametrize("guess,tries", [(1.0, [True]), (3.0, [False, False, True, True])])
+def test_an_estimate_saves_the_first_factorization(tmp_path, guess, tries):
+    """gram.lambda_estimate: right, one factorization; 3 times too high, two fail (3x, 1.5x),
+    0.75x factors, and a fourth at the Lanczos estimate tightens the bracket."""
+    h = spd(60)
+    ev = np.linalg.eigvalsh(h)[0]
+    store = store_of(h, tmp_path / "g", tile=16)
+    out = bracket_lambda_min(tiled_source(store, tmp_path / "c"), guess * ev, Options(),
+                             tmp_path / "c")
+    assert [f["ok"] for f in out["factorizations"]] == tries
+    assert out["lambda_min_lower"] <= ev <= out["lambda_min_upper"]
+    assert out["lambda_min_rel_width"] <= 1e-3
+
+
 BASE = {"model": {"mode": "sketch_in", "m": 256, "k": 8, "sketch": "srht", "dtype": "float64"},
         "gram": {"tile": 16}, "tracking": {"wandb": False}}
 
