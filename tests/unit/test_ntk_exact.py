@@ -88,6 +88,11 @@ def test_autograd_ntk_on_any_module():
                                                                           list(mlp.parameters()))])
                        for i in range(4)])
     assert torch.allclose(h, jac @ jac.T, atol=1e-12)
+    # In chunks of rows (a chunk not dividing n, and a cross-Gram): the same numbers.
+    assert torch.allclose(autograd_ntk(mlp, x, chunk=3), h, atol=1e-14)
+    assert torch.allclose(autograd_ntk(mlp, x[:3], x, chunk=2), h[:3], atol=1e-14)
+    with pytest.raises(ValueError, match="chunk"):
+        autograd_ntk(mlp, x, chunk=0)
 
 
 @requires_cuda
