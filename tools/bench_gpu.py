@@ -9,9 +9,9 @@ synchronise the device before they read the clock):
 
 - peak: square GEMMs (8192; 256 with --small) in float32 (IEEE), TF32 and bfloat16;
 - Gram (issue 18's target: n = 16384, m = 65536, d = 1024; sketch_in with k = 128 and dense;
-  float32 and float64 nets): TFLOP/s of the overlap products S S^T (2 n^2 m) and of the whole
-  Gram (net.gram_flops) over its time, as fractions of the bfloat16 peak (target: >= 50% for
-  the overlap products);
+  float32 and float64 nets): TFLOP/s of the whole Gram (net.gram_flops over its time) and of
+  the overlap products S S^T (2 n^2 m over the time of the sums over neurons, where they are
+  computed), as fractions of the bfloat16 peak (target: >= 50% for the overlap products);
 - agreement: the first rows of each CUDA Gram against the CPU's float64 cross-Gram of those
   rows (target: 1e-10 for float64 nets; float32 nets differ where a pre-activation near 0
   rounds to the other sign, which moves an entry by about 1/m);
@@ -41,6 +41,8 @@ import torch
 
 from fntk_dist import TwoLayerNet, empirical_ntk
 from fntk_dist.models.blocks import device_block
+from fntk_dist.ntk.empirical import partial_sums
+from fntk_dist.ntk.gram_terms import unit_readout
 from fntk_dist.runtime import synchronize
 from fntk_dist.train.blocked import blocked_output
 
@@ -111,7 +113,9 @@ def _rel_errors(got: torch.Tensor, want: torch.Tensor) -> dict:
 
 
 def gram_runs(size: dict, rows: int, device: torch.device, repeats: int, peak: float) -> list:
-    """Each Gram: its time, TFLOP/s (overlap products and whole) and agreement with the CPU."""
+    """Each Gram: its time and TFLOP/s (net.gram_flops), the time of its sums over neurons
+    (ntk.empirical.partial_sums, where the overlap products are) and their TFLOP/s (2 n^2 m),
+    and its agreement with the CPU."""
     n, m, d, k = size["n"], size["m"], size["d"], size["k"]
     x64 = _points(n, d, torch.device("cpu"), torch.float64)
     out = []
@@ -129,14 +133,19 @@ def gram_runs(size: dict, rows: int, device: torch.device, repeats: int, peak: f
                 h = empirical_ntk(net, x)
 
             t = timed(gram, device, repeats)
+            counts = unit_readout(net.a.detach())
+            sums = timed(lambda net=net, x=x, c=counts: partial_sums(net, x, None, None, None, c),
+                         device, repeats)
             if reference is None:  # the CPU float64 cross-Gram of the first rows, once a mode
                 cpu = TwoLayerNet(d, m, mode, kk, "gaussian" if kk else None, False, 0,
                                   torch.float64, "cpu")
                 reference = empirical_ntk(cpu, x64[:rows], x64)
-            overlap = 2 * n * n * m / t["median_s"] / 1e12
+            overlap = 2 * n * n * m / sums["median_s"] / 1e12
             whole = net.gram_flops(n, n) / t["median_s"] / 1e12
             out.append({"mode": mode, "k": kk, "dtype": str(dtype).removeprefix("torch."),
-                        "n": n, "m": m, "d": d, **t, "overlap_tflops": overlap,
+                        "n": n, "m": m, "d": d, **t, "sums_median_s": sums["median_s"],
+                        "sums_min_s": sums["min_s"], "sums_max_s": sums["max_s"],
+                        "overlap_tflops": overlap,
                         "overlap_fraction_of_bf16_peak": overlap / peak,
                         "gram_tflops": whole, "gram_fraction_of_bf16_peak": whole / peak,
                         "agreement_rows": rows,
@@ -199,17 +208,18 @@ def markdown(report: dict) -> str:
     lines += ["| GEMM peak | TFLOP/s | seconds |", "|---|---|---|"]
     lines += [f"| {kind} | {v['tflops']:.3g} | {v['median_s']:.4g} [{v['min_s']:.4g}, "
               f"{v['max_s']:.4g}] |" for kind, v in peak.items()]
-    lines += ["", "| Gram | dtype | seconds | overlap TFLOP/s | of bf16 peak | Gram TFLOP/s "
-              "| of bf16 peak | max rel. err vs CPU f64 | Frobenius rel. |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "| Gram | dtype | seconds | Gram TFLOP/s | of bf16 peak | neuron sums, "
+              "seconds | overlap TFLOP/s | of bf16 peak | max rel. err vs CPU f64 | "
+              "Frobenius rel. |", "|---|---|---|---|---|---|---|---|---|---|"]
     for g in report["gram"]:
         name = f"{g['mode']}{'' if g['k'] is None else ' k=' + str(g['k'])} n={g['n']} " \
                f"m={g['m']} d={g['d']}"
         lines.append(f"| {name} | {g['dtype']} | {g['median_s']:.4g} [{g['min_s']:.4g}, "
-                     f"{g['max_s']:.4g}] | {g['overlap_tflops']:.3g} | "
-                     f"{g['overlap_fraction_of_bf16_peak']:.0%} | {g['gram_tflops']:.3g} | "
-                     f"{g['gram_fraction_of_bf16_peak']:.0%} | {g['max_rel']:.2e} | "
-                     f"{g['frobenius_rel']:.2e} |")
+                     f"{g['max_s']:.4g}] | {g['gram_tflops']:.3g} | "
+                     f"{g['gram_fraction_of_bf16_peak']:.0%} | {g['sums_median_s']:.4g} "
+                     f"[{g['sums_min_s']:.4g}, {g['sums_max_s']:.4g}] | "
+                     f"{g['overlap_tflops']:.3g} | {g['overlap_fraction_of_bf16_peak']:.0%} | "
+                     f"{g['max_rel']:.2e} | {g['frobenius_rel']:.2e} |")
     lines += ["", "| training step | blocks | bf16 autocast | seconds | model TFLOP/s "
               "| of bf16 peak |", "|---|---|---|---|---|---|"]
     for s in report["step"]:
