@@ -43,7 +43,9 @@ py="${FNTK_GPU_PYTHON:-}"
 if [ -z "$py" ]; then
     venv="$root/.venv-gpu"
     if [ ! -x "$venv/bin/python" ]; then
-        python3 -m venv --system-site-packages "$venv" || { say "cannot create $venv"; exit 1; }
+        python3 -m venv --system-site-packages "$venv" || {
+            say "cannot create $venv with python3 -m venv: set FNTK_GPU_PYTHON to a python" \
+                "whose torch has CUDA"; exit 1; }
     fi
     py="$venv/bin/python"
     if ! cuda_torch "$py"; then
