@@ -37,9 +37,20 @@ class TileExecutor(Protocol):
         """Releases the workers."""
 
 
-# Whether each net's readout is +-1 (ntk.gram_terms.unit_readout): a Gram job's net never
-# changes, so the host synchronisation that answers it happens once per net, not per tile.
-_UNIT_READOUT: weakref.WeakKeyDictionary[Network, bool] = weakref.WeakKeyDictionary()
+# Whether each net's readout is +-1 (ntk.gram_terms.unit_readout), with the readout tensor and
+# its version counter when asked: a Gram job's net never changes, so the host synchronisation
+# that answers it happens once per net, not per tile; a readout replaced or changed in place (an
+# optimizer step bumps the version) is asked again.
+_UNIT_READOUT: weakref.WeakKeyDictionary[Network, tuple[torch.Tensor, int, bool]] = \
+    weakref.WeakKeyDictionary()
+
+
+def _counts(net: Network) -> bool:
+    a = net.a
+    held = _UNIT_READOUT.get(net)
+    if held is None or held[0] is not a or held[1] != a._version:
+        held = _UNIT_READOUT[net] = (a, a._version, unit_readout(a.detach()))
+    return held[2]
 
 
 def span_partial(net: Network, x: torch.Tensor, span: Span, block: int | None) -> GramPartial:
@@ -50,9 +61,7 @@ def span_partial(net: Network, x: torch.Tensor, span: Span, block: int | None) -
     (finite, (n, d)); so a tile queues device work only, and its one synchronisation is the
     copy of its sums to the CPU.
     """
-    counts = _UNIT_READOUT.get(net)
-    if counts is None:
-        counts = _UNIT_READOUT[net] = unit_readout(net.a.detach())
+    counts = _counts(net)
     (r0, r1), (c0, c1) = span
     x2 = None if (r0, r1) == (c0, c1) else x[c0:c1]  # a diagonal tile: the symmetric path
     return partial_sums(net, x[r0:r1], x2, block, None, counts).cpu()

@@ -118,3 +118,17 @@ def test_gpu_check_without_cuda_is_one_line_and_exit_0(tmp_path):
     assert done.stdout.splitlines() == [
         "gpu_check: no CUDA device here (nvidia-smi absent or failing): nothing to check"]
     assert not (tmp_path / "r").exists()
+
+
+def test_span_partial_asks_again_once_the_readout_moves():
+    # span_partial asks whether a is +-1 once per net; a readout changed in place (as an
+    # optimizer step changes it) must be asked again, or S S^T would be counted unweighted.
+    net = TwoLayerNet(12, 300, "dense", None, None, True, 0, torch.float64)
+    x = torch.randn(30, 12, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    for scale in (1.0, 1.5):
+        with torch.no_grad():
+            net.a.mul_(scale)
+        tile = span_partial(net, x, ((0, 30), (0, 30)), 64)
+        want = gram_partial(net, x, block=64)
+        for a, b in zip(tile.terms, want.terms):
+            assert all(torch.equal(s, t) for s, t in zip(a.tensors(), b.tensors()))
