@@ -3,8 +3,9 @@
     python tools/bench_step.py [--n 1024 --m 16384 --d 512 --k 32 --processes 5 --steps 7]
                                [--walk threads intra:4096 ...] [--threads 1 2] [--no-dense]
 
-A step is what `fntk train` runs (TorchEngine): last step's gradients recycled, the blocked
-forward and backward, an SGD update; float32. Every (walk, threads) configuration runs in
+A step is what `fntk train` runs (TorchEngine, in a process where train_loop has called
+keep_freed_memory): last step's gradients recycled, the blocked forward and backward, an SGD
+update; float32. Every (walk, threads) configuration runs in
 --processes fresh processes, alternated, and each process times --steps steps of sketch_in
 (rank k, gaussian V) and of dense after 2 warm-up steps (median of the steps). Walks:
   threads     the blocks walked by torch.get_num_threads() threads, one intra-op thread each
@@ -34,6 +35,7 @@ from timing import per_call, spread
 
 from fntk_dist import TwoLayerNet
 from fntk_dist.train.blocked import SpareGrads, blocked_output
+from fntk_dist.train.memory import keep_freed_memory
 
 NETS = ("dense", "sketch_in")
 
@@ -56,6 +58,7 @@ def make_step(net: TwoLayerNet, x: torch.Tensor, y: torch.Tensor, block: int | N
 def child(args: argparse.Namespace) -> None:
     """One process: time the step of each net under one (walk, threads); print a JSON line."""
     torch.set_num_threads(args.threads[0])
+    keep_freed_memory()  # as train_loop does
     walk, _, b = args.walk[0].partition(":")
     threads, block = (None, None) if walk == "threads" else (1, int(b) if b else None)
     n, m, d, k = args.n, args.m, args.d, args.k

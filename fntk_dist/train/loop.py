@@ -36,6 +36,7 @@ from ..models.network import Network
 from ..runtime import as_dtype, peak_rss_bytes, rss_bytes, synchronize
 from ..track import make_tracker
 from .diagnostics import Diagnostics
+from .memory import keep_freed_memory
 from .parts import Checkpointer, Engine, Mesh
 from .summary import finish_run
 
@@ -83,6 +84,7 @@ def train_loop(
     are on, the metrics so far written) and raises Interrupted.
     """
     tc = cfg.train
+    keep_freed_memory()  # each step's temporaries reuse the last step's pages (train.memory)
     batch = batch_size(cfg, data.n)  # the driver has checked the run (fntk_dist.checks)
     dt = as_dtype(cfg.model.dtype)
     x = torch.as_tensor(data.x, dtype=dt, device=device)
@@ -104,6 +106,8 @@ def train_loop(
     r0, r1 = shard_ranges(batch, mesh.data)[mesh.data_rank]  # this rank's part of a batch
     f0, f1 = shard_ranges(n, mesh.data)[mesh.data_rank]  # ... and of all n points
     engine = make_engine(net, eta, r1 - r0)
+    # GD's loss curve as H(0) predicts it, logged beside the loss (train.prediction).
+    lin = diag.linear_prediction(y, eta) if tc.optimizer == "gd" else None
     sum_shared_gradients(net, mesh)
     gen = torch.Generator().manual_seed(cfg.model.seed)
     cost = net.cost()  # per point, the whole net (all shards)
@@ -182,6 +186,8 @@ def train_loop(
                     state.target_step = t
                 if logging:
                     row["loss"] = loss_value
+                    if lin is not None:
+                        row["loss_lin"] = lin.loss(t)
             if tc.ntk_every and t % tc.ntk_every == 0 or t in (0, tc.steps):
                 with engine.gathered():
                     seen = measured()
@@ -227,7 +233,7 @@ def train_loop(
         summary = finish_run(
             cfg, out_dir, tracker, rows=state.rows, step_seconds=state.step_seconds,
             target_step=state.target_step, diag=diag, net=net, n=n, d=data.d, eta=eta,
-            batch=batch,
+            batch=batch, lin=lin,
             final={"n_test": int(y_test.numel()), "device": str(device),
                    "data_fingerprint": data.fingerprint,
                    **{f"final_{k}": v for k, v in final_test.items()},
