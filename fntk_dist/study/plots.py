@@ -14,7 +14,7 @@ matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from matplotlib.ticker import NullFormatter  # noqa: E402
+from matplotlib.ticker import MaxNLocator, NullFormatter  # noqa: E402
 
 from ..atomic import atomic_path  # noqa: E402
 
@@ -174,6 +174,8 @@ def _vs_depth(df: pd.DataFrame, path: Path) -> None:
         _lines(axes[1][j], sub, lambda g: g["gram_rel_err_inf"], styles, x="depth")
         _finish(axes[1][j], ds, "||H(0) - H_inf|| / ||H_inf||", logy=True,
                 xlabel="hidden layers L", logx=False)
+        for ax in (axes[0][j], axes[1][j]):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     _save(fig, path)
 
 
