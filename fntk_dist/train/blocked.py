@@ -155,12 +155,12 @@ class _BlockedOutput(torch.autograd.Function):
         e = (grad_out / math.sqrt(net.m))[:, None]
 
         def compute(i0, i1):
-            # The block is turned in place into relu(P), then into the masked residual S o e,
-            # so it stays in cache and nothing n x block is allocated.
-            p = layer.preact(feats, i0, i1, out=_scratch("block", (n, i1 - i0), x)).clamp_(min=0)
+            # The block is turned in place into relu(P) where a needs it, then into the masked
+            # residual S o e, so it stays in cache and nothing n x block is allocated.
+            p = layer.preact(feats, i0, i1, out=_scratch("block", (n, i1 - i0), x))
             if readout is not None:
-                torch.mv(p.T, e[:, 0], out=readout[i0:i1])
-            me = p.sign_().mul_(e)
+                torch.mv(p.clamp_(min=0).T, e[:, 0], out=readout[i0:i1])
+            me = p.gt_(0).mul_(e)  # S = 1[P > 0] in P's dtype
             if rows is not None:
                 torch.mm(me.T, feats, out=rows[i0:i1])
                 rows[i0:i1] *= a[i0:i1, None]
