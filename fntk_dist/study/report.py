@@ -28,6 +28,7 @@ _TABLE = [
     ("pred (1-eta lmin)^2", lambda g: g["predicted_rate"].mean()),
     ("pred Du", lambda g: g["predicted_rate_du"].mean()),
     ("params", lambda g: g["trainable_params"].median()),
+    ("MFLOP/step", lambda g: g["flops_per_step"].median() / 1e6),
     ("s/step", lambda g: g["seconds_per_step"].median()),
     ("test err net", lambda g: g["final_test_error"].mean()),
     ("test err NTK H0", lambda g: g["ntk_emp_test_error"].mean()),
