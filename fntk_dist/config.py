@@ -17,6 +17,7 @@ from .distributed.config import DeepSpeedConfig, DistConfig
 from .errors import ConfigError
 from .gram.config import GramConfig
 from .models.config import ModelConfig
+from .regress.config import RegressConfig
 from .track.config import TrackingConfig
 from .train.config import TrainConfig
 
@@ -32,6 +33,7 @@ class RunConfig(BaseModel):
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     gram: GramConfig = Field(default_factory=GramConfig)
+    regress: RegressConfig = Field(default_factory=RegressConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     dist: DistConfig = Field(default_factory=DistConfig)
     deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
