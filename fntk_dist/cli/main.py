@@ -1,4 +1,5 @@
-"""The `fntk` command: train and gram, each from a YAML config plus key=value overrides."""
+"""The `fntk` command: train, gram and regress, each from a YAML config plus key=value
+overrides."""
 
 from __future__ import annotations
 
@@ -29,7 +30,9 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fntk", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     for name, helptext in [("train", "train a net; writes a run folder"),
-                           ("gram", "compute a net's NTK Gram and its spectrum")]:
+                           ("gram", "compute a net's NTK Gram and its spectrum"),
+                           ("regress", "kernel regression with the net's exact NTK (CG, "
+                                       "Nystrom-preconditioned, H never stored)")]:
         s = sub.add_parser(name, help=helptext)
         s.add_argument("config", help="YAML config (see configs/)")
         s.add_argument("overrides", nargs="*", metavar="key.sub=value",
@@ -38,13 +41,13 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--quiet", action="store_true", help="no progress bar")
         s.add_argument("--workers", type=int, metavar="N",
                        help="run on Ray with N workers (gram: width-shard actors into a tile "
-                            "store; train: Ray Train + DeepSpeed on the dist.width x dist.data "
-                            "mesh)")
+                            "store; regress: width-shard actors answering the mat-vecs; train: "
+                            "Ray Train + DeepSpeed on the dist.width x dist.data mesh)")
         s.add_argument("--address", metavar="ADDR",
                        help="existing Ray cluster (default: RAY_ADDRESS, else embedded)")
         if name == "gram":
             s.add_argument("--tile", type=int, metavar="T", help="rows per tile")
-        else:
+        elif name == "train":
             s.add_argument("--resume", action="store_true",
                            help="continue a stopped run in --out from its last checkpoint "
                                 "(train.checkpoint_every)")
@@ -81,6 +84,9 @@ TRAIN_KEYS = ("initial_loss", "final_loss", "loss_reduction", "steps_to_target",
               "samples_per_s")
 GRAM_KEYS = ("n", "workers", "tiles_computed", "tiles_resumed", "lambda_min", "lambda_max",
              "condition", "gram_rel_err_inf", "seconds", "tiles_per_s", "gflops")
+REGRESS_KEYS = ("n", "workers", "precondition", "rank_kept", "iterations", "relative_residual",
+                "true_relative_residual", "converged", "test_mse", "test_error", "seconds",
+                "seconds_per_iteration")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,6 +116,12 @@ def main(argv: list[str] | None = None) -> int:
             summary = run_train_job(cfg, out, resume=resume, progress=not args.quiet,
                                     verbose=args.verbose)
             keys = TRAIN_KEYS
+        elif args.command == "regress":
+            from ..regress.job import run_regress_job
+
+            out = _out_dir(args, cfg.name, resumable=True)
+            summary = run_regress_job(cfg, out, progress=not args.quiet)
+            keys = REGRESS_KEYS
         else:
             from ..gram.job import run_gram_job
 
@@ -135,9 +147,10 @@ def main(argv: list[str] | None = None) -> int:
               "half-written", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # stopped at once (Ctrl-C, SIGTERM, or a second signal)
-        what = ("the tiles stored so far are kept: rerun the same command to continue"
-                if args.command == "gram" else "continue with --resume where checkpoints were "
-                "written (train.checkpoint_every)")
+        what = {"gram": "the tiles stored so far are kept: rerun the same command to continue",
+                "regress": "the CG state saved last is kept: rerun the same command to "
+                           "continue"}.get(args.command, "continue with --resume where "
+                                           "checkpoints were written (train.checkpoint_every)")
         print(f"fntk: interrupted; {what}", file=sys.stderr)
         return EXIT_INTERRUPTED
     print(json.dumps({k: summary.get(k) for k in keys}, indent=1))
