@@ -1,4 +1,5 @@
-"""loss.png: the training loss on a log scale against the rates theory predicts."""
+"""loss.png: the training loss on a log scale against the curve H(0) predicts (L_lin) and the
+rates theory predicts."""
 
 from __future__ import annotations
 
@@ -13,11 +14,15 @@ from ..atomic import atomic_path  # noqa: E402
 
 
 def plot_loss(path: Path, steps: list[int], losses: list[float], rates: dict[str, float | None],
-              title: str) -> None:
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+              title: str, predicted: list[float] | None = None) -> None:
+    """predicted: L_lin at the same steps (None where it was not computed)."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=150)
     ax.semilogy(steps, losses, lw=2, label="loss")
     l0, last = losses[0], steps[-1] if steps else 0
     floor = min((v for v in losses if v > 0), default=l0) / 10
+    if predicted is not None:
+        ax.semilogy(steps, [max(v, floor) for v in predicted], "k:", lw=1.5,
+                    label="L_lin: GD linearised at H(0)")
     for label, rate in rates.items():
         if rate is not None and 0 < rate < 1:
             ts = [t for t in range(0, last + 1, max(1, last // 200))]

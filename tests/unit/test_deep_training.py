@@ -37,7 +37,7 @@ def test_a_deep_mixed_net_trains_with_finite_diagnostics(tmp_path):
     assert s["final_loss"] < 0.1 * s["initial_loss"]  # 24x here
     assert list(s["mode"]) == ["dense", "sketch_in", "lowrank"] and s["m"] == 512
     assert s["lambda_min_0"] > 0 and s["lambda_inf"] is None  # a lowrank layer: no limit
-    assert s["predicted_rate"] < 1 and s["measured_rate"] < 1
+    assert s["predicted_rate"] < 1 and s["tail_rate"] < 1
     rows = pq.read_table(tmp_path / "run" / "metrics.parquet").to_pylist()
     logged = [r for r in rows if r["lambda_min"] is not None]
     assert [r["step"] for r in logged] == [0, 20, 40, 60]
