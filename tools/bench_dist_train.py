@@ -10,11 +10,25 @@ the resident memory of the largest worker (its peak, which includes building the
 before ZeRO partitions it, and after the last step), then the two ratios: 2 workers against 1, and
 ZeRO-3 + offload against stage 0. On a CPU-only machine "offload" moves nothing between
 devices: what ZeRO-3 saves there is the partitioning of parameters, gradients and Adam state.
+
+    python tools/bench_dist_train.py --case deep [--deep-m 4096 --deep-k 64 --deep-n 256]
+
+The deep case (issue 11): a depth-3 factorized net (sketch_in, lowrank, lowrank; width m, rank
+k) in float64, full-batch GD, ZeRO 0, on 1 worker, 2 width-sharded workers (tensor
+parallelism, a 2 x 1 mesh) and 2 data-parallel workers (1 x 2), each worker one thread
+(OMP_NUM_THREADS=1, so 2 workers use the 2 cores that 1 leaves half idle). It prints, per
+layout, the bytes of the tensors one step's collectives summed (counted in the mesh's
+all-reduces: Z and dL/dZ of each factorized layer for width sharding, every gradient for
+data parallelism) and samples/s, as the median and range over --repeats runs, then the
+ratios: data-parallel bytes over width-sharded bytes, and each 2-worker layout's samples/s
+over 1 worker's.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import statistics
 import tempfile
 from pathlib import Path
 
@@ -30,14 +44,14 @@ RUNS = {  # (dist, deepspeed) settings
 }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--m", type=int, default=131072)
-    ap.add_argument("--d", type=int, default=256)
-    ap.add_argument("--n", type=int, default=2048)
-    ap.add_argument("--steps", type=int, default=4)
-    args = ap.parse_args()
-    connect(None, min_cpus=2)
+DEEP_RUNS = {  # name: (width, data)
+    "1 worker": (1, 1),
+    "2 workers, width-sharded (2 x 1)": (2, 1),
+    "2 workers, data-parallel (1 x 2)": (1, 2),
+}
+
+
+def dense(args: argparse.Namespace) -> None:
     out = {}
     for name, (dist, deepspeed) in RUNS.items():
         cfg = build_config({
@@ -66,6 +80,67 @@ def main() -> None:
           f"{z3['seconds_per_step'] / two['seconds_per_step']:.2f}x time per step, "
           f"{z3['worker_peak_rss_mb'] / two['worker_peak_rss_mb']:.2f}x peak and "
           f"{z3['worker_end_rss_mb'] / two['worker_end_rss_mb']:.2f}x end memory per worker")
+
+
+def _spread(values: list[float], fmt: str) -> str:
+    """median [min, max]"""
+    return (f"{statistics.median(values):{fmt}} [{min(values):{fmt}}, "
+            f"{max(values):{fmt}}]")
+
+
+def deep(args: argparse.Namespace) -> None:
+    m, k = args.deep_m, args.deep_k
+    layers = [{"m": m, "mode": "sketch_in", "k": k, "sketch": "srht"},
+              {"m": m, "mode": "lowrank", "k": k}, {"m": m, "mode": "lowrank", "k": k}]
+    runs: dict[str, list[dict]] = {name: [] for name in DEEP_RUNS}
+    for _ in range(args.repeats):  # the layouts alternate, so drifts of the machine spread
+        for name, (width, data) in DEEP_RUNS.items():
+            cfg = build_config({
+                "model": {"layers": layers, "dtype": "float64"},
+                "data": {"source": "sphere", "n": args.deep_n, "d": args.d},
+                "train": {"steps": args.steps, "lr": 1e-3, "ntk_every": 0, "gram_max_n": 1},
+                "dist": {"workers": width * data, "width": width, "data": data},
+                "tracking": {"wandb": False},
+            }, source="bench")
+            with tempfile.TemporaryDirectory() as tmp:
+                runs[name].append(run_train_job(cfg, Path(tmp) / "run", progress=False))
+    s0 = runs["1 worker"][0]
+    print(f"deep: sketch_in(srht) -> lowrank -> lowrank, m={m} k={k} (m/k={m // k}) "
+          f"d={args.d} n={args.deep_n}, float64 GD, ZeRO 0, {args.steps} steps, one thread per "
+          f"worker; {s0['trainable_params'] / 1e6:.2f} M trained parameters; median [min, max] "
+          f"over {args.repeats} runs")
+    for name, got in runs.items():
+        moved = [(s["width_bytes_per_step"] + s["data_bytes_per_step"]) / 2**20 for s in got]
+        print(f"{name:34s} {_spread(moved, '.3f')} MiB moved/step  "
+              f"{_spread([s['samples_per_s'] for s in got], '.1f')} samples/s  "
+              f"{_spread([s['seconds_per_step'] for s in got], '.3f')} s/step")
+    one, width, data = (runs[name] for name in DEEP_RUNS)
+    print("data-parallel bytes / width-sharded bytes per step: "
+          f"{data[0]['data_bytes_per_step'] / width[0]['width_bytes_per_step']:.1f}x")
+    for name, got in (("width-sharded", width), ("data-parallel", data)):
+        ratios = [g["samples_per_s"] / o["samples_per_s"] for g, o in zip(got, one)]
+        print(f"2 workers {name} vs 1: {_spread(ratios, '.2f')}x samples/s (paired by run)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--case", choices=("dense", "deep", "all"), default="all")
+    ap.add_argument("--m", type=int, default=131072)
+    ap.add_argument("--d", type=int, default=256)
+    ap.add_argument("--n", type=int, default=2048)
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--deep-m", type=int, default=4096)
+    ap.add_argument("--deep-k", type=int, default=64)
+    ap.add_argument("--deep-n", type=int, default=256)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    # One thread per worker: the embedded cluster's workers inherit it.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    connect(None, min_cpus=2)
+    if args.case in ("dense", "all"):
+        dense(args)
+    if args.case in ("deep", "all"):
+        deep(args)
 
 
 if __name__ == "__main__":
