@@ -1,6 +1,8 @@
 """The report's plots: one panel per dataset, one line per (mode, sketch, rank), seeds pooled.
 
-Each line is the median over seeds at each width, with the seeds' range as error bars.
+Each line is the median over seeds at each width, with the seeds' range as error bars. A panel
+is drawn only for a dataset with something to show (a figure with nothing says so in words);
+plots of ratios to lambda_min(H(0)) leave singular trials out and say how many in the panel.
 """
 
 from __future__ import annotations
@@ -26,11 +28,11 @@ def dataset_label(r: pd.Series) -> str:
     return f"{r['source']} n={int(r['n'])}{d}"
 
 
-def series_label(r: pd.Series, sketches: bool, depth: bool = True) -> str:
+def series_label(r: pd.Series, sketches: bool, depth: bool = True, rank: bool = True) -> str:
     """'sketch_in/srht k=32 +a L=3' (the sketch named only when the sweep varies it; the
-    depth, of the mode's last layer, only when above 1)."""
+    depth, of the mode's last layer, only when above 1; the rank unless rank is False)."""
     s = r["mode"] + (f"/{r['sketch']}" if sketches and isinstance(r["sketch"], str) else "")
-    s += "" if pd.isna(r["k"]) else f" k={int(r['k'])}"
+    s += "" if pd.isna(r["k"]) or not rank else f" k={int(r['k'])}"
     s += " +a" if r["train_output"] else ""
     return s + (f" L={int(r['depth'])}" if depth and r["depth"] > 1 else "")
 
@@ -52,11 +54,22 @@ def _styles(df: pd.DataFrame) -> dict[str, tuple]:
             for i, s in enumerate(sorted(df["series"].unique()))}
 
 
+DPI = 150
+
+
 def _panels(df: pd.DataFrame, rows: int = 1):
     datasets = sorted(df["dataset"].unique())
     fig, axes = plt.subplots(rows, len(datasets), figsize=(4.2 * len(datasets), 3.4 * rows),
-                             dpi=75, squeeze=False)
+                             dpi=DPI, squeeze=False)
     return fig, axes, datasets
+
+
+def _nothing(path: Path, text: str) -> None:
+    """A figure that says in words why it has no panel."""
+    fig, ax = plt.subplots(figsize=(4.2, 1.2), dpi=DPI)
+    ax.axis("off")
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=9)
+    _save(fig, path)
 
 
 def _save(fig, path: Path) -> None:
@@ -70,7 +83,7 @@ def _save(fig, path: Path) -> None:
                    bbox_to_anchor=(1.0, 0.5), fontsize=8)
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", bbox_inches="tight")
+        fig.savefig(tmp, format="png", bbox_inches="tight", dpi=DPI)
     plt.close(fig)
 
 
@@ -104,14 +117,27 @@ def _finish(ax, title: str, ylabel: str, logy: bool = False, xlabel: str = "widt
 
 
 def _per_dataset(df: pd.DataFrame, path: Path, ylabel: str, y, logy: bool = False,
-                 extra=None) -> None:
-    fig, axes, datasets = _panels(df)
+                 extra=None, skip_singular: bool = False, hline: float | None = None) -> None:
+    """One panel per dataset holding a finite y; skip_singular: leave singular trials out
+    (a ratio to a round-off lambda_min) and count them in the panel's corner."""
     styles = _styles(df)
+    left_out = df["singular"] if skip_singular else pd.Series(False, index=df.index)
+    vals = y(df[~left_out]).astype(float)
+    shown = df[~left_out][np.isfinite(vals) & (vals > 0 if logy else True)]
+    if shown.empty:
+        _nothing(path, f"no trial has a value of: {ylabel}")
+        return
+    fig, axes, datasets = _panels(shown)
     for ax, ds in zip(axes[0], datasets):
-        sub = df[df["dataset"] == ds]
-        _lines(ax, sub, y, styles)
+        _lines(ax, shown[shown["dataset"] == ds], y, styles)
         if extra:
-            extra(ax, sub, styles)
+            extra(ax, shown[shown["dataset"] == ds], styles)
+        if hline is not None:
+            ax.axhline(hline, color="k", lw=0.8, ls="--")
+        dropped = int((left_out & (df["dataset"] == ds)).sum())
+        if dropped:
+            ax.text(0.02, 0.02, f"{dropped} singular trial(s) not shown", fontsize=7,
+                    transform=ax.transAxes, color="firebrick")
         _finish(ax, ds, ylabel, logy)
     _save(fig, path)
 
@@ -137,18 +163,23 @@ def plot_all(df: pd.DataFrame, out: Path) -> list[Path]:
     """Write every plot for the finished trials in df under out; returns their paths."""
     out.mkdir(parents=True, exist_ok=True)
     paths = {name: out / f"{name}.png" for name in (
-        "lambda0_vs_m", "gram_err_vs_m", "drift_vs_m", "steps_vs_m", "rate_vs_m", "cost_vs_m",
-        "cost_vs_lambda", "test_error_vs_m")}
+        "lambda0_vs_m", "gram_err_vs_m", "drift_vs_m", "steps_vs_m", "rate_vs_m",
+        "loss_gap_vs_m", "cost_vs_m", "cost_vs_lambda", "test_error_vs_m")}
+    if "singular" not in df:
+        df = df.assign(singular=False)
     _per_dataset(df, paths["lambda0_vs_m"], "lambda_min(H(0))", lambda g: g["lambda_min_0"],
-                 logy=True, extra=_lambda_inf)
+                 logy=True, extra=_lambda_inf, skip_singular=True)
     _per_dataset(df, paths["gram_err_vs_m"], "||H(0) - H_inf|| / ||H_inf||",
                  lambda g: g["gram_rel_err_inf"], logy=True, extra=_sqrt_guide)
-    _per_dataset(df, paths["drift_vs_m"], "max_t ||H(t) - H(0)|| / lambda_max(H(0))",
-                 lambda g: g["max_gram_drift"] / g["lambda_max_0"], logy=True)
-    _per_dataset(df, paths["steps_vs_m"], "steps to 1e-6 of L(0) (missing: not reached)",
+    _per_dataset(df, paths["drift_vs_m"], "max_t ||H(t) - H(0)|| / lambda_min(H(0))",
+                 lambda g: g["max_drift_over_lmin"], logy=True, skip_singular=True, hline=0.5)
+    _per_dataset(df, paths["steps_vs_m"], "steps to target (missing: not reached)",
                  lambda g: g["steps_to_target"].astype(float), logy=True)
-    _per_dataset(df, paths["rate_vs_m"], "log(measured rate) / log(predicted)",
-                 lambda g: np.log(g["measured_rate"]) / np.log(g["predicted_rate"]))
+    _per_dataset(df, paths["rate_vs_m"], "log(tail rate) / log(L_lin's tail rate)",
+                 lambda g: np.log(g["tail_rate"]) / np.log(g["predicted_tail_rate"]),
+                 skip_singular=True, hline=1.0)
+    _per_dataset(df, paths["loss_gap_vs_m"], "max_t |log L(t) - log L_lin(t)|",
+                 lambda g: g["max_log_loss_gap"], logy=True)
     _cost(df, paths["cost_vs_m"])
     _cost_vs_lambda(df, paths["cost_vs_lambda"])
     _test_error(df, paths["test_error_vs_m"])
@@ -180,28 +211,36 @@ def _vs_depth(df: pd.DataFrame, path: Path) -> None:
 
 
 def _cost(df: pd.DataFrame, path: Path) -> None:
+    """FLOPs per step and trainable parameters (wall-clock ratios are for benchmarks run side
+    by side, not for a sweep's trials under whatever load they met)."""
     fig, axes, datasets = _panels(df, rows=2)
     styles = _styles(df)
     for j, ds in enumerate(datasets):
         sub = df[df["dataset"] == ds]
-        _lines(axes[0][j], sub, lambda g: g["seconds_per_step"], styles)
-        _finish(axes[0][j], ds, "seconds per GD step", logy=True)
+        _lines(axes[0][j], sub, lambda g: g["flops_per_step"].astype(float), styles)
+        _finish(axes[0][j], ds, "FLOPs per GD step", logy=True)
         _lines(axes[1][j], sub, lambda g: g["trainable_params"].astype(float), styles)
         _finish(axes[1][j], ds, "trainable parameters", logy=True)
     _save(fig, path)
 
 
 def _cost_vs_lambda(df: pd.DataFrame, path: Path) -> None:
-    """Dense and factorized side by side: what each pays per step for a given lambda_min(H(0))."""
-    fig, axes, datasets = _panels(df)
+    """Dense and factorized side by side: FLOPs per step for a given lambda_min(H(0)) (singular
+    trials left out: their lambda_min is round-off)."""
+    lam, flops = df["lambda_min_0"].astype(float), df["flops_per_step"].astype(float)
+    shown = df[~df["singular"] & (lam > 0) & (flops > 0)]
+    if shown.empty:
+        _nothing(path, "no trial has both lambda_min(H(0)) > 0 and its FLOPs per step")
+        return
+    fig, axes, datasets = _panels(shown)
     styles = _styles(df)
     for ax, ds in zip(axes[0], datasets):
-        sub = df[df["dataset"] == ds]
+        sub = shown[shown["dataset"] == ds]
         for s, g in sub.groupby("series"):
             colour, marker = styles[s]
-            ax.scatter(g["lambda_min_0"], g["seconds_per_step"], color=colour, marker=marker,
+            ax.scatter(g["lambda_min_0"], g["flops_per_step"], color=colour, marker=marker,
                        s=18, label=s)
-        _finish(ax, ds, "seconds per GD step", logy=True, xlabel="lambda_min(H(0))")
+        _finish(ax, ds, "FLOPs per GD step", logy=True, xlabel="lambda_min(H(0))")
     _save(fig, path)
 
 
@@ -209,10 +248,7 @@ def _test_error(df: pd.DataFrame, path: Path) -> None:
     """Trained net (solid), empirical-NTK regression (dashed), analytic NTK regression (dotted)."""
     tested = df[df["n_test"].fillna(0) > 0]
     if tested.empty:  # no held-out split anywhere: say so rather than draw empty axes
-        fig, ax = plt.subplots(figsize=(4.2, 1.2), dpi=90)
-        ax.axis("off")
-        ax.text(0.5, 0.5, "no trial has a held-out split", ha="center", va="center")
-        _save(fig, path)
+        _nothing(path, "no trial has a held-out split")
         return
     fig, axes, datasets = _panels(tested)
     styles = _styles(tested)

@@ -54,7 +54,7 @@ def run_sweep(sweep: SweepConfig, trials: list[Trial], out: Path, address: str |
         for t in todo:  # a stale trial reads as unfinished until it has run again
             (out / "trials" / t.id / SUMMARY).unlink(missing_ok=True)
         pending = {task.remote(t.config.model_dump(mode="json"), str(out / "trials" / t.id),
-                               sweep.regression, sweep.trial_cpus): t for t in todo}
+                               sweep.regression, sweep.trial_cpus, sweep.kind): t for t in todo}
         bar = tqdm(total=len(trials), initial=len(rows), desc=f"sweep {sweep.name}",
                    unit="trial", disable=not progress)
         while pending:

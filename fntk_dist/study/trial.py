@@ -1,4 +1,5 @@
-"""One trial of a sweep, in its own folder: kernel regression first, then `fntk train`.
+"""One trial of a sweep, in its own folder: kernel regression first, then `fntk train`; or,
+in a kernel sweep, the analytic-only measures (study.kernel) alone.
 
 The folder is finished exactly when summary.json exists: the training run writes it last,
 atomically, so a trial killed at any point reads as unfinished and is run again. Nothing here
@@ -21,6 +22,7 @@ from ..data import load_dataset
 from ..ntk.regression import analytic_ntk_predict, empirical_ntk_predict, prediction_errors
 from ..runtime import as_dtype, resolve_device
 from ..train.job import run_train_job
+from .kernel import kernel_metrics
 
 SUMMARY, REGRESSION = "summary.json", "regression.json"
 
@@ -49,8 +51,10 @@ def regression_metrics(cfg: RunConfig) -> dict[str, float]:
     return out
 
 
-def run_trial(config: dict[str, Any], folder: str, regression: bool, threads: int) -> None:
-    """Run one trial into folder (the config as a JSON-able dict, so it crosses processes)."""
+def run_trial(config: dict[str, Any], folder: str, regression: bool, threads: int,
+              kind: str = "train") -> None:
+    """Run one trial into folder (the config as a JSON-able dict, so it crosses processes);
+    kind "kernel": the analytic-only measures, written as its summary (no training)."""
     # A trial's share of the machine is the CPUs Ray gave it: torch's threads and the BLAS
     # pool numpy's eigvalsh uses (oversubscribed, an n = 1024 eigvalsh runs 50x slower here).
     torch.set_num_threads(threads)
@@ -58,6 +62,9 @@ def run_trial(config: dict[str, Any], folder: str, regression: bool, threads: in
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     with threadpool_limits(threads):
+        if kind == "kernel":
+            write_json(out / SUMMARY, kernel_metrics(cfg))  # atomic: finished when it exists
+            return
         if regression:
             write_json(out / REGRESSION, regression_metrics(cfg))
         run_train_job(cfg, out, progress=False)

@@ -28,7 +28,7 @@ PLOTS = ("lambda0_vs_m", "gram_err_vs_m", "drift_vs_m", "steps_vs_m", "rate_vs_m
          "cost_vs_lambda", "test_error_vs_m")
 # Measured in every trial (test metrics: the smoke data hold out a split).
 ALWAYS = ("lambda_min_0", "lambda_max_0", "lambda_min_final", "max_gram_drift", "initial_loss",
-          "final_loss", "measured_rate", "predicted_rate", "eta", "trainable_params",
+          "final_loss", "tail_rate", "predicted_rate", "eta", "trainable_params",
           "flops_per_step", "seconds_per_step", "final_test_error", "ntk_emp_test_error")
 ANALYTIC = ("lambda_inf", "gram_rel_err_inf", "predicted_rate_du", "ntk_inf_test_error")
 

@@ -1,35 +1,73 @@
-"""The report's width exponents: computed from the results table, not by hand."""
+"""The report computes what the study quotes: exponents with intervals from the replicates,
+singular trials set apart, the seed mode stated, plots at 150 dpi without empty panels."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
-import pytest
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
 
-from fntk_dist.study.report import loglog_slope, slopes_table
-
-
-def test_loglog_slope_fits_the_median_over_seeds():
-    m = pd.Series([64, 64, 64, 256, 256, 256, 1024, 1024, 1024])
-    # Per width, seeds scattered around 3 m^-1/2 with the median exactly on it.
-    y = pd.Series([3 * v ** -0.5 * f for v, f in zip(m, [0.5, 1.0, 4.0] * 3)])
-    assert loglog_slope(m, y) == pytest.approx(-0.5, abs=1e-12)
-    assert loglog_slope(m, 7 * m.astype(float) ** 1.25) == pytest.approx(1.25, abs=1e-12)
+from fntk_dist.study.report import _prepared, slopes_table, write_report
+from fntk_dist.study.results import SCHEMA, read_results
 
 
-def test_loglog_slope_needs_two_widths_with_positive_values():
-    assert loglog_slope(pd.Series([64, 64]), pd.Series([1.0, 2.0])) is None
-    assert loglog_slope(pd.Series([64, 256]), pd.Series([1.0, np.nan])) is None
-    assert loglog_slope(pd.Series([64, 256]), pd.Series([1.0, 0.0])) is None
+def _rows() -> list[dict]:
+    """A results table: dense at three widths and three nested seeds, its drift ~ m^-1/2 with
+    per-seed offsets; one sketch_in trial whose H(0) is singular."""
+    rows = []
+    for seed, c in zip(range(3), (1.0, 2.0, 4.0)):
+        for m in (100, 400, 1600):
+            rows.append({"mode": "dense", "m": m, "seed": seed, "max_drift_over_lmin": c / m**0.5,
+                         "gram_rel_err_inf": 0.1 * c * (100 / m) ** 0.5})
+    rows.append({"mode": "sketch_in", "sketch": "gaussian", "k": 8, "m": 100, "seed": 0,
+                 "lambda_min_0": 1e-14, "max_drift_over_lmin": -4e13})
+    base = {"trial_id": "t", "source": "sphere", "n": 16, "d": 8, "n_test": 0, "depth": 1,
+            "train_output": False, "params": "{}", "seed_mode": "nested", "kind": "train",
+            "lambda_min_0": 0.5, "lambda_max_0": 10.0, "max_gram_drift": 1.0,
+            "trainable_params": 100, "flops_per_step": 1e6, "steps_to_target": 20,
+            "tail_rate": 0.8, "predicted_tail_rate": 0.79, "max_log_loss_gap": 0.1}
+    return [base | r | {"trial_id": f"t{i}", "replicate": r["seed"]} for i, r in enumerate(rows)]
 
 
-def test_slopes_table_rows_per_dataset_and_series():
-    df = pd.DataFrame({
-        "dataset": ["a"] * 4, "series": ["dense"] * 2 + ["sketch_in k=8"] * 2,
-        "m": [100, 10000, 100, 100],
-        "gram_rel_err_inf": [0.1, 0.01, 0.2, 0.3], "max_gram_drift": [1.0, 0.1, 1.0, 1.0],
-        "lambda_max_0": [10.0, 10.0, 10.0, 10.0], "lambda_min_0": [0.5, 0.5, 0.4, 0.4],
-    })
-    text = slopes_table(df)
-    assert "| a | dense | 100-10000 | -0.5 | -0.5 | 0 |" in text
+def _write(tmp_path, rows) -> None:
+    pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), tmp_path / "results.parquet")
+
+
+def test_width_exponent_with_its_interval_from_the_replicates(tmp_path):
+    _write(tmp_path, _rows())
+    from fntk_dist.study.plots import with_labels
+
+    df = _prepared(with_labels(read_results(tmp_path / "results.parquet")))
+    text = slopes_table(df, "m")
+    # Every replicate's exponent is -1/2 exactly: the interval is 0 (three replicates).
+    assert "| sphere n=16 d=8 | dense | 100-1600 | 3 | -0.500 ± 0.000 | -0.500 ± 0.000 |" in text
     assert "sketch_in" not in text  # one width only: no slope
+    assert slopes_table(df, "k") == "No series varies k."
+
+
+def test_report_sets_singular_trials_apart_and_states_the_seeds(tmp_path):
+    _write(tmp_path, _rows())
+    text = write_report(tmp_path).read_text()
+    assert "Seeds: nested (seed_mode: nested)" in text
+    sing = text.split("## Singular trials")[1].split("##")[0]
+    assert "| sphere n=16 d=8 | sketch_in k=8 | 100 | 0 | 1.00e-14 | 10 |" in sing
+    results = text.split("## Results")[1].split("##")[0]
+    assert "-4e+13" not in results and "-4.00e+13" not in results  # its ratio is left out
+    for png in (tmp_path / "report").glob("*.png"):
+        assert Image.open(png).info["dpi"][0] >= 149, png.name
+
+
+def test_an_old_results_file_reads_with_the_new_columns(tmp_path):
+    """A results.parquet written before replicate, seed_mode and the new diagnostics."""
+    old = pa.table({"trial_id": ["a"], "seed": [4], "m": [64], "lambda_min_0": [0.5],
+                    "error": pa.array([None], pa.string())})
+    pq.write_table(old, tmp_path / "results.parquet")
+    df = read_results(tmp_path / "results.parquet")
+    assert set(SCHEMA.names) <= set(df.columns)
+    assert df["replicate"].tolist() == [4] and df["seed_mode"].tolist() == ["nested"]
+    assert np.isnan(df["tail_rate"].iloc[0])
+    assert json.dumps(pd.isna(df["max_log_loss_gap"]).tolist()) == "[true]"
