@@ -171,7 +171,7 @@ class _BlockedOutput(torch.autograd.Function):
                 share = torch.mm(me.mul_(a[i0:i1]), layer.W[i0:i1],
                                  out=_scratch("dense", x.shape, x))
                 return lambda: dense_back.add_(share)
-            return lambda: None
+            return None  # nothing shared: the threads need not wait for each other
 
         walk(ctx.blocks, compute, ctx.threads)
         if rank is not None:  # dL/dZ of this shard's neurons; Z was summed over input shards

@@ -73,16 +73,28 @@ class _Turns:
     def __init__(self) -> None:
         self.cond = threading.Condition()
         self.next = 0
+        self.skipped: set[int] = set()
         self.failed = False
 
-    def commit(self, i: int, fn: Callable[[], None]) -> None:
+    def commit(self, i: int, fn: Callable[[], None] | None) -> None:
+        if fn is None:  # nothing to add: block i's turn passes once it comes, without waiting
+            with self.cond:
+                self.skipped.add(i)
+                self._advance()
+            return
         with self.cond:
             self.cond.wait_for(lambda: self.next == i or self.failed)
             if self.failed:
                 raise _Aborted
             fn()
             self.next += 1
-            self.cond.notify_all()
+            self._advance()
+
+    def _advance(self) -> None:
+        while self.next in self.skipped:
+            self.skipped.discard(self.next)
+            self.next += 1
+        self.cond.notify_all()
 
     def fail(self) -> None:
         with self.cond:
@@ -91,17 +103,20 @@ class _Turns:
 
 
 # compute(i0, i1) does a block's own work (writing only its rows and this thread's buffers) and
-# returns its commit: the call that adds the block's share into the shared sums.
-Compute = Callable[[int, int], Callable[[], None]]
+# returns its commit: the call that adds the block's share into the shared sums (None: none).
+Compute = Callable[[int, int], Callable[[], None] | None]
 
 
 def walk(blocks: Sequence[Block], compute: Compute, threads: int) -> None:
     """Runs compute on every block and each returned commit in block order: on the calling
     thread (threads == 1, torch's intra-op threads inside each op) or on `threads` walker
-    threads, thread j taking blocks j, j + threads, ... (one intra-op thread each)."""
+    threads, thread j taking blocks j, j + threads, ... (one intra-op thread each). Blocks
+    without a commit wait for no other's."""
     if threads <= 1 or len(blocks) < 2:
         for i0, i1 in blocks:
-            compute(i0, i1)()
+            commit = compute(i0, i1)
+            if commit is not None:
+                commit()
         return
     threads = min(threads, len(blocks))
     turns = _Turns()
