@@ -14,6 +14,7 @@ the process default back before it returns, so no other thread's setting changes
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from collections.abc import Callable, Sequence
@@ -53,6 +54,16 @@ class _Walker:
 
 _WALKERS: list[_Walker] = []
 _START = threading.Lock()
+
+
+def _forget_walkers() -> None:
+    """In a forked child: the parent's walker threads do not exist there; start afresh."""
+    global _START
+    _WALKERS.clear()
+    _START = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_walkers)
 
 
 def _walkers(count: int) -> list[_Walker]:

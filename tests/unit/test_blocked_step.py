@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import threading
 
 import pytest
@@ -155,3 +156,19 @@ def test_spare_grads_are_refilled_in_place(threads):
     ref = torch.autograd.grad(net(x2).square().sum(), params)
     for p, r in zip(params, ref, strict=True):
         assert torch.allclose(p.grad, r, rtol=1e-12, atol=1e-12)
+
+
+def test_a_forked_child_walks_with_threads_of_its_own():
+    # The parent's walker threads are not in a forked child: it must start its own, not queue
+    # work for threads that do not exist there (and hang).
+    net = TwoLayerNet(9, 50, "lowrank", 4, seed=3, dtype=torch.float64)
+    x = torch.randn(13, 9, dtype=torch.float64)
+    want = blocked_output(net, x, 7, threads=2).detach()
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(1) as pool:
+        got = pool.apply_async(_walk_in_child, (net, x)).get(timeout=60)
+    assert torch.equal(got, want)
+
+
+def _walk_in_child(net, x):
+    return blocked_output(net, x, 7, threads=2).detach()
