@@ -6,12 +6,17 @@ The loss at every step and the diagnostics (measured on the whole net gathered f
 shards) equal the one-process run's to 1e-6, and the bytes the collectives carried per step
 are those of the layout (models.width): n x k per factorized layer above the first and n x m
 per dense one, each way, plus the readout's n, against every gradient for data parallelism.
+A stopped width-sharded run resumes from its ranks' checkpoints onto the one-process curve.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -19,10 +24,12 @@ import pytest
 import ray
 import ray.cloudpickle
 import ray.train
+import yaml
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from fntk_dist.config import RunConfig, build_config
 from fntk_dist.distributed.cluster import connect, shutdown
+from fntk_dist.distributed.train_job import last_checkpoint_step
 from fntk_dist.train.job import run_train_job
 
 # The loop function below is shipped by value: workers cannot import this test module.
@@ -132,3 +139,45 @@ def test_a_deep_net_on_the_mesh_trains_as_in_one_process(ray_cluster, single_pro
         cfg = config(layers)
         assert summary["width_bytes_per_step"] == (width_bytes(layers) if width > 1 else 0)
         assert summary["data_bytes_per_step"] == (data_bytes(cfg) if data > 1 else 0)
+
+
+RESUMED = {  # long enough to stop between the first checkpoint and the end
+    "model": {"layers": [{"m": 4096, "mode": "sketch_in", "k": 16, "sketch": "gaussian"},
+                         {"m": 4096, "mode": "lowrank", "k": 16},
+                         {"m": 4096, "mode": "sketch_in", "k": 16, "sketch": "srht"}],
+              "dtype": "float64"},
+    "data": {"source": "sphere", "n": 256, "d": 16},
+    "train": {"steps": 80, "log_every": 1, "ntk_every": 0, "checkpoint_every": 4},
+    "dist": {"width": 2, "data": 1},
+    "tracking": {"wandb": False},
+}
+
+
+def test_a_stopped_deep_mesh_run_resumes_from_its_shards_checkpoints(tmp_path):
+    """SIGINT to `fntk train --workers 2` of a width-sharded deep net after a checkpoint, then
+    --resume: each rank reloads its own shards, and the run ends on the one-process curve."""
+    path = tmp_path / "deep.yaml"
+    path.write_text(yaml.safe_dump(RESUMED))
+    out = tmp_path / "run"
+    argv = [sys.executable, "-m", "fntk_dist.cli.main", "train", str(path), "--workers", "2",
+            "--out", str(out), "--quiet"]
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, env=env)
+    t0 = time.monotonic()
+    while not last_checkpoint_step(out):
+        assert proc.poll() is None, f"run ended before a checkpoint: {proc.communicate()}"
+        assert time.monotonic() - t0 < 300, "no checkpoint"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-3000:]
+    resumed = subprocess.run([*argv, "--resume"], stderr=subprocess.PIPE, text=True, env=env,
+                             timeout=400)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    single = tmp_path / "single"
+    run_train_job(build_config({**RESUMED, "dist": {}}, source="test"), single, progress=False)
+    got, ref = rows(out), rows(single)
+    assert [r["step"] for r in got] == list(range(81))  # each step once
+    for a, b in zip(got, ref, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-9)
+    assert json.loads((out / "summary.json").read_text())["restarts_from_checkpoint"] == 1
