@@ -83,7 +83,7 @@ def build_network(
             own = width.neurons(s.m) if width is not None else neurons if last else None
             built.append(Layer(fan_in, s.m, s.mode, s.k, s.sketch, seed=seed, index=i,
                                dtype=dtype, neurons=own, inputs=below,
-                               reduce=None if width is None else width.sum))
+                               reduce=width))
         except ValueError as err:
             raise ValueError(f"layers.{i}.{err}") from None
         fan_in, below = s.m, (own if width is not None else None)

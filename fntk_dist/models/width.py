@@ -42,9 +42,13 @@ class WidthShard:
         """The neurons [lo, hi) of a layer of width m that this shard holds."""
         return shard_ranges(m, self.size)[self.rank]
 
+    def __call__(self, t: torch.Tensor) -> torch.Tensor:
+        """t summed over the group, in place: the layers hold the shard as their SumFn."""
+        return self.sum(t)
+
     def __deepcopy__(self, memo: dict) -> WidthShard:
-        # A copy of a net (the diagnostics keep one) talks to the same group: the callable's
-        # process group is shared, never copied.
+        # A copy of a sharded net talks to the same group: the process group behind the sum is
+        # shared, never copied (it cannot be).
         return self
 
 

@@ -9,6 +9,7 @@ to 1e-12, for mixed dense / factorized stacks of every mode.
 
 from __future__ import annotations
 
+import copy
 import socket
 
 import pytest
@@ -115,9 +116,12 @@ def _shard_errors(rank: int, size: int, port: int, out: dict) -> None:
                 want = _expected(getattr(lw, name).grad, ls, name)
                 err.append(float((getattr(ls, name).grad - want).abs().max() / want.abs().max()))
         err.append(float((shard.a.grad - whole.a.grad[shard.lo:shard.hi]).abs().max()))
-        # The plain autograd forward (Network.forward) of the shards sums to the whole too.
+        # The plain autograd forward (Network.forward) of the shards sums to the whole too, and
+        # so does a deep copy's (it shares the group).
         with torch.no_grad():
             err.append(float((sum_output(shard(x), mesh) - whole(x)).abs().max()))
+            copied = copy.deepcopy(shard)
+            err.append(float((sum_output(copied(x), mesh) - whole(x)).abs().max()))
         gathered = gather_whole(_whole(stack), shard, mesh)
         same = all(torch.equal(p, q) for p, q in zip(gathered.parameters(), whole.parameters()))
         errors[stack] = (max(err), same, mesh.moved["width"])
