@@ -253,3 +253,34 @@ def test_depth_and_layers_are_grid_keys_and_the_report_plots_against_depth(tmp_p
     assert "(lambda0_vs_depth.png)" in text and "| dense L=3 |" in text
     png = out / "report" / "lambda0_vs_depth.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_kernel_sweep_measures_the_sketch_without_training(tmp_path, capsys):
+    """kind: kernel on a real Ray cluster: no trial trains (no metrics.parquet), each row holds
+    the sketch's measures, srht at k = d is exact, and the report is the kernel report."""
+    sweep = tmp_path / "kernel.yaml"
+    sweep.write_text(yaml.safe_dump({
+        "name": "kernel", "kind": "kernel", "seed_mode": "independent",
+        "base": {"data": {"source": "sphere", "n": 16, "d": 16}, "tracking": {"wandb": False}},
+        "grid": [{"mode": ["sketch_in"], "sketch": ["gaussian", "srht"], "k_per_d": [0.25, 1],
+                  "seed": [0, 1, 2]}, {"mode": ["dense"]}]}))
+    out = tmp_path / "out"
+    assert main(["sweep", str(sweep), "--out", str(out), "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out)["ran"] == 13
+    rows = pq.read_table(out / "results.parquet").to_pylist()
+    assert not list((out / "trials").glob("*/metrics.parquet"))
+    for r in rows:
+        assert r["error"] is None and r["kind"] == "kernel" and r["seed_mode"] == "independent"
+        for c in ("lambda_inf", "lambda_inf_dense", "lambda_inf_ratio", "lambda_max_inf",
+                  "condition_inf", "sketch_rel_err", "max_pair_distortion"):
+            assert r[c] is not None and math.isfinite(r[c]), (r["trial_id"], c)
+    exact = [r for r in rows if r["sketch"] == "srht" and r["k"] == 16]
+    assert len(exact) == 3 and all(abs(r["lambda_inf_ratio"] - 1) < 1e-12 for r in exact)
+    # A seed per (grid seed, width, rank): 3 x 2 draws, each sketch kind its own streams.
+    assert len({r["seed"] for r in rows if r["mode"] == "sketch_in"}) == 6
+    assert main(["report", str(out)]) == 0
+    text = (out / "report" / "report.md").read_text()
+    assert "Seeds: independent" in text and "## lambda_inf against the rank" in text
+    assert "| sphere n=16 d=16 | sketch_in/srht | 16 | 1 | 1 | 3 | 1 ± " in text
+    for name in ("kernel_lambda_vs_k_per_d", "kernel_sketch_err_vs_k_per_d"):
+        assert (out / "report" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
