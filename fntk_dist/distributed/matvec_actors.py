@@ -4,10 +4,11 @@ columns and outputs, and the operator that sums their shares.
 Each MatvecShard owns a neuron range of a depth-1 net and rebuilds it from the seed (no
 weights travel); the training points are put in the object store once. Over a shard's
 neurons, the ROWS and READOUT terms of H v and the net's output are sums, so the driver adds
-the shards' shares in float64. The preconditioner's columns come as GramPartials (a RANK
-term's G summed before its outer product) finished once on the driver. A mat-vec with a RANK
-term (V trained) is quadratic in G summed over all neurons: fntk_dist.regress.job refuses
-those modes on Ray before any actor starts.
+the shards' shares in float64. The term of a trained V (sketch_out, lowrank) is quadratic in
+G summed over all neurons (fntk_dist.ntk.rank_term): the shards' parts of G are summed once,
+when the operator starts (and once for the test points), and the driver takes that term's
+mat-vec from the total, O(n k d). The preconditioner's columns come as GramPartials (G summed
+before its outer product there too) finished once on the driver.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from ..models.config import ModelConfig
 from ..ntk import GramPartial, finish_gram, ntk_matvec
 from ..ntk.empirical import partial_sums
 from ..ntk.gram_terms import unit_readout
+from ..ntk.rank_term import rank_factor, rank_matvec, trains_rank
 from ..regress.operator import row_spans, tiled_outputs
 from ..runtime import peak_rss_bytes
 from .cluster import connect
@@ -37,6 +39,12 @@ class MatvecShard:
     def __init__(self, model: dict, d: int, neurons: tuple[int, int], block: int | None,
                  device: str) -> None:
         self.net = ModelConfig(**model).build(d, device=device, neurons=neurons)
+        # The terms that add over shards: the same neurons with V frozen (its term is taken
+        # from G summed over every shard, rank_term); the net itself where V is not trained.
+        self.linear = self.net
+        if trains_rank(self.net):
+            self.linear = ModelConfig(**model).build(d, device=device, neurons=neurons)
+            self.linear.layers[0].V.requires_grad_(False)
         self.device, self.block = device, block
         self.x: torch.Tensor | None = None
 
@@ -48,15 +56,25 @@ class MatvecShard:
     def matvec(self, x: np.ndarray, v: np.ndarray) -> np.ndarray:
         """This shard's share of H(X, X) v (ROWS and READOUT terms), float64."""
         self.load(x)
+        if not self.linear.groups:  # sketch_out with a fixed readout: V's term alone
+            return np.zeros(self.x.shape[0])
         vt = torch.as_tensor(v, device=self.device)
-        return ntk_matvec(self.net, self.x, vt, self.block).to(F64).cpu().numpy()
+        return ntk_matvec(self.linear, self.x, vt, self.block).to(F64).cpu().numpy()
 
     def cross_matvec(self, x: np.ndarray, x_test: np.ndarray, v: np.ndarray) -> np.ndarray:
         """This shard's share of H(X_test, X) v, float64."""
         self.load(x)
+        if not self.linear.groups:
+            return np.zeros(x_test.shape[0])
         xt = torch.as_tensor(x_test, device=self.device)
         vt = torch.as_tensor(v, device=self.device)
-        return ntk_matvec(self.net, xt, vt, self.block, x2=self.x).to(F64).cpu().numpy()
+        return ntk_matvec(self.linear, xt, vt, self.block, x2=self.x).to(F64).cpu().numpy()
+
+    def rank(self, x: np.ndarray, x_eval: np.ndarray | None) -> np.ndarray:
+        """This shard's part of G on x_eval (the training points when None), float64."""
+        self.load(x)
+        pts = self.x if x_eval is None else torch.as_tensor(x_eval, device=self.device)
+        return rank_factor(self.net, pts, self.block).cpu().numpy()
 
     def columns(self, x: np.ndarray, span: tuple[int, int], idx: np.ndarray) -> GramPartial:
         """The shard's partial of H(X[span], X[idx]), on the CPU."""
@@ -102,6 +120,11 @@ class RayOperator:
                        for neurons in shard_ranges(cfg.model.m, workers)]
         ray.get([s.load.remote(self.x_ref) for s in self.shards])
         self.finisher = cfg.model.build(x.shape[1], neurons=(0, 1))  # features and scale only
+        # G over all neurons on the training points: fixed for the whole solve.
+        self.g = self._rank(None) if trains_rank(self.finisher) else None
+
+    def _rank(self, x_eval: np.ndarray | None) -> torch.Tensor:
+        return self._sum([s.rank.remote(self.x_ref, x_eval) for s in self.shards])
 
     @staticmethod
     def _sum(refs: list) -> torch.Tensor:
@@ -113,7 +136,10 @@ class RayOperator:
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         v_np = v.to(self.x.dtype).numpy()
-        return self._sum([s.matvec.remote(self.x_ref, v_np) for s in self.shards])
+        hv = self._sum([s.matvec.remote(self.x_ref, v_np) for s in self.shards])
+        if self.g is not None:
+            hv += rank_matvec(self.x, self.g, v, self.finisher.m)
+        return hv
 
     def columns(self, idx: torch.Tensor) -> torch.Tensor:
         xs = self.x[idx]
@@ -126,7 +152,10 @@ class RayOperator:
 
     def cross_matvec(self, x_test: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         xt, v_np = x_test.numpy(), v.to(self.x.dtype).numpy()
-        return self._sum([s.cross_matvec.remote(self.x_ref, xt, v_np) for s in self.shards])
+        hv = self._sum([s.cross_matvec.remote(self.x_ref, xt, v_np) for s in self.shards])
+        if self.g is not None:
+            hv += rank_matvec(x_test, self._rank(xt), v, self.finisher.m, self.x, self.g)
+        return hv
 
     def outputs(self, x: torch.Tensor) -> torch.Tensor:
         x_np = x.numpy()

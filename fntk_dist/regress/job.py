@@ -31,7 +31,6 @@ from ..data import Dataset, load_dataset
 from ..errors import ConfigError
 from ..identity import run_identity
 from ..interrupts import Interrupted, stop_requests
-from ..models.groups import Role
 from ..ntk.nystrom import nystrom_preconditioner, sample_columns
 from ..ntk.pcg import CGState, cg_start, pcg
 from ..ntk.regression import prediction_errors
@@ -64,11 +63,6 @@ def check_regress(cfg: RunConfig, data: Dataset) -> int:
     if cfg.model.hidden_layers > 1:
         raise ConfigError("model.depth: fntk regress on Ray splits the width of a depth-1 net; "
                           "run a deeper net without --workers")
-    net = cfg.model.build(data.d, neurons=(0, 1))
-    if any(g.role is Role.RANK for g in net.groups):
-        raise ConfigError(f"model.mode: {cfg.model.mode} trains the shared factor V, whose NTK "
-                          "term is quadratic in G summed over all neurons; fntk regress on Ray "
-                          "does not split it: run without --workers")
     return workers
 
 

@@ -34,6 +34,8 @@ def ray_cluster():
 @pytest.mark.parametrize("model", [
     {"mode": "sketch_in", "m": 300, "k": 6, "sketch": "srht", "train_output": True},
     {"mode": "dense", "m": 301},
+    {"mode": "lowrank", "m": 300, "k": 5, "train_output": True},  # V's term from G summed
+    {"mode": "sketch_out", "m": 300, "k": 6, "sketch": "countsketch"},  # V's term alone
 ])
 def test_workers_equal_one_process(ray_cluster, tmp_path, model):
     one = run_regress_job(config(model, None), tmp_path / "one", progress=False)
@@ -43,7 +45,9 @@ def test_workers_equal_one_process(ray_cluster, tmp_path, model):
         dist = run_regress_job(config(model, workers), out, progress=False)
         got = pq.read_table(out / "coefficients.parquet").column("alpha").to_numpy()
         assert np.linalg.norm(got - alpha) / np.linalg.norm(alpha) < 1e-10
-        assert dist["workers"] == workers and dist["iterations"] == one["iterations"]
+        # The shards' sums round differently; CG's path near rtol may take a few more or fewer
+        # iterations to the same solution.
+        assert dist["workers"] == workers and abs(dist["iterations"] - one["iterations"]) <= 5
         assert dist["test_mse"] == pytest.approx(one["test_mse"], rel=1e-10)
         assert dist["test_error"] == one["test_error"]
         assert json.loads((out / "summary.json").read_text())["shard_nodes"] == ["127.0.0.1"]

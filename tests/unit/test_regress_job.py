@@ -110,16 +110,16 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys, override, match):
 
 
 @pytest.mark.parametrize("overrides,match", [
-    (["model.mode=sketch_out", "model.sketch=gaussian"], "model.mode: sketch_out trains the "
-                                                          "shared factor V"),
     (["model.depth=2"], "model.depth: fntk regress on Ray splits the width of a depth-1 net"),
+    (["model.m=4", "model.k=2"], "dist.workers: 5 workers but only m=4 neurons"),
 ])
 def test_what_ray_does_not_split_is_refused_before_any_worker(tmp_path, capsys, overrides,
                                                               match):
-    code = main(["regress", str(_write(tmp_path, RAW)), *overrides, "--workers", "2",
+    code = main(["regress", str(_write(tmp_path, RAW)), *overrides, "--workers", "5",
                  "--out", str(tmp_path / "o"), "--quiet"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and match in err[0], err
+    assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])

@@ -10,6 +10,7 @@ from fntk_dist import empirical_ntk, ntk_matvec
 from fntk_dist.models.config import ModelConfig
 from fntk_dist.ntk.nystrom import nystrom_preconditioner, sample_columns
 from fntk_dist.ntk.pcg import cg_start, pcg
+from fntk_dist.ntk.rank_term import rank_factor, rank_matvec
 from fntk_dist.regress.state import load_state, save_state
 
 F64 = torch.float64
@@ -42,6 +43,25 @@ def test_cross_matvec_is_the_cross_gram_times_v(mode, k, depth, train_output):
     assert _rel(ntk_matvec(net, x, v[:, 0], x2=x2), ref[:, 0]) < 1e-13
     with pytest.raises(ValueError, match=r"v: expected shape \(31,\)"):
         ntk_matvec(net, x, v[:23], x2=x2)
+
+
+@pytest.mark.parametrize("mode,train_output", [("lowrank", True), ("sketch_out", False)])
+def test_shards_with_v_frozen_plus_the_summed_rank_term_give_the_whole_matvec(mode,
+                                                                              train_output):
+    """What the Ray operator computes for a trained V: the shards' other terms (V frozen) add,
+    and V's term comes once from G summed over the shards."""
+    cfg = _net(mode, m=50, k=5, train_output=train_output)
+    x, x2 = _sphere(21, 9, 7), _sphere(13, 9, 8)
+    v = torch.randn(13, generator=torch.Generator().manual_seed(9), dtype=F64)
+    ref = ntk_matvec(cfg.build(9), x, v, x2=x2)
+    other, g1, g2 = torch.zeros(21, dtype=F64), 0, 0
+    for lo, hi in [(0, 17), (17, 50)]:
+        shard = cfg.build(9, neurons=(lo, hi))
+        g1, g2 = g1 + rank_factor(shard, x, block=8), g2 + rank_factor(shard, x2)
+        shard.layers[0].V.requires_grad_(False)
+        if shard.groups:
+            other += ntk_matvec(shard, x, v, x2=x2)
+    assert _rel(other + rank_matvec(x, g1, v, 50, x2, g2), ref) < 1e-13
 
 
 def test_pcg_at_n_4096_agrees_with_a_direct_solve():
