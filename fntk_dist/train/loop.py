@@ -94,8 +94,11 @@ def train_loop(
     n = data.n
     net = cfg.model.build(d=data.d, width=width_shard(mesh), device=device)
     # A width shard of a deep net holds part of every layer: its diagnostics measure the whole
-    # net, gathered from the shards (a depth-1 shard's Gram finishes from reduced partials).
-    whole = cfg.model.build(d=data.d, device=device) if mesh.width > 1 and net.depth > 1 else None
+    # net, gathered from the shards (a depth-1 shard's Gram finishes from reduced partials). On
+    # any mesh a deep net is measured on that plain copy, outside the engine's module, whose
+    # ZeRO-3 hooks would partition a layer's parameters again after its forward.
+    distributed = mesh.width * mesh.data > 1
+    whole = cfg.model.build(d=data.d, device=device) if distributed and net.depth > 1 else None
 
     def measured() -> Network:
         return net if whole is None else gather_whole(whole, net, mesh)
