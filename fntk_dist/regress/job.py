@@ -146,7 +146,10 @@ def run_regress_job(cfg: RunConfig, out_dir: Path, progress: bool = True) -> dic
         precond, rank, t_pre = None, 0, time.perf_counter()
         if rc.precondition:
             idx = sample_columns(n, rc.rank, rc.seed)
-            precond = nystrom_preconditioner(op.columns(idx), idx, rc.ridge)
+            try:
+                precond = nystrom_preconditioner(op.columns(idx), idx, rc.ridge)
+            except ArithmeticError as err:  # vanishing or non-PSD columns: the data's doing
+                raise ConfigError(f"regress.precondition: {err}") from None
             rank = precond.rank
         t_pre = time.perf_counter() - t_pre
 
@@ -163,7 +166,11 @@ def run_regress_job(cfg: RunConfig, out_dir: Path, progress: bool = True) -> dic
             watch = _Iterations(out_dir, identity, rows, tracker, stop, rc.save_every_s,
                                 rc.maxiter, progress, state.iteration)
             t_cg = time.perf_counter()
-            state = pcg(b, apply_a, precond, rc.rtol, rc.maxiter, state, watch)
+            try:
+                state = pcg(b, apply_a, precond, rc.rtol, rc.maxiter, state, watch)
+            except ArithmeticError as err:  # H + ridge I singular in floating point
+                raise ConfigError(f"regress.ridge: {err}; H + {rc.ridge:g} I is not "
+                                  "numerically positive definite, raise regress.ridge") from None
             t_cg = time.perf_counter() - t_cg
             watch.bar.close()
             save_state(out_dir, state, identity, rows)
