@@ -82,8 +82,9 @@ def _out_dir(args: argparse.Namespace, name: str, resumable: bool) -> Path:
 TRAIN_KEYS = ("initial_loss", "final_loss", "loss_reduction", "steps_to_target",
               "tail_rate", "predicted_tail_rate", "lambda_min_0", "workers", "seconds_per_step",
               "samples_per_s")
-GRAM_KEYS = ("n", "workers", "tiles_computed", "tiles_resumed", "lambda_min", "lambda_max",
-             "condition", "gram_rel_err_inf", "seconds", "tiles_per_s", "gflops")
+GRAM_KEYS = ("n", "workers", "tiles_computed", "tiles_resumed", "lambda_min", "lambda_min_lower",
+             "lambda_min_upper", "lambda_max", "condition", "gram_rel_err_inf", "seconds",
+             "tiles_per_s", "gflops")
 REGRESS_KEYS = ("n", "workers", "precondition", "rank_kept", "iterations", "relative_residual",
                 "true_relative_residual", "converged", "test_mse", "test_error", "seconds",
                 "seconds_per_iteration")
