@@ -107,6 +107,7 @@ def main() -> None:
                 if out.returncode:
                     sys.exit(f"{' '.join(cmd)} failed:\n{out.stderr}")
                 runs.setdefault((walk, t), []).append(json.loads(out.stdout.splitlines()[-1]))
+                print(f"# {walk} threads={t}: {out.stdout.splitlines()[-1]}", flush=True)
     print(f"n={n} m={m} d={d} k={k} float32  torch {torch.__version__}  "
           f"{args.processes} processes per setting, median of {args.steps} steps in each  "
           f"load {load0[0]:.2f} -> {os.getloadavg()[0]:.2f}")
