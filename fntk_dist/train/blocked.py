@@ -19,8 +19,10 @@ side by side (train.walkers), each with single-threaded ops on its own blocks, r
 block at a time with every op split across torch's threads. A factorized layer's block GEMMs
 are small (n x k x block, k ~ 32; a block of about 1 MB of pre-activations): split across
 threads each is a short parallel region, and on 2 cores a second thread gained at most 1.44x
-(sometimes lost). Larger blocks would make each region longer but leave L2 (measured with
-tools/bench_step.py --walk intra: see docs/DESIGN.md, "Neuron-blocked step"). Rows of the
+(sometimes lost). Larger blocks would make each region longer but leave L2, and a parallel
+region stalls whenever another process takes a core away; walkers do not (each has its own
+blocks): tools/bench_step.py --walk threads intra intra:4096 measures both side by side
+(README, "Performance"; docs/DESIGN.md, "Neuron-blocked step"). Rows of the
 gradients are disjoint per block and written in place; the sums over blocks (the output, the
 rank-space accumulator, a dense layer's input gradient) are added in block order, so a threaded
 walk adds the same numbers in the same order as a walk on one thread. Small problems (a block
