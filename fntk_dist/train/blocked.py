@@ -41,7 +41,7 @@ import threading
 
 import torch
 
-from ..models.blocks import neuron_blocks
+from ..models.blocks import device_block, neuron_blocks
 from ..models.groups import Role
 from ..models.network import Network
 from .walkers import walk
@@ -52,7 +52,12 @@ MIN_THREADED_WORK = 1 << 20
 
 
 def default_train_block(net: Network, n: int) -> int:
-    """Neurons per block: a block of pre-activations of about 1 MB stays in cache."""
+    """Neurons per block: on CUDA as many as free device memory allows (device_block: a
+    CPU-sized block would launch tens of thousands of small kernels a step); on the CPU a
+    block of pre-activations of about 1 MB, which stays in cache."""
+    fit = device_block(n, net.device)
+    if fit is not None:
+        return min(net.m_local, fit)
     return max(64, min(net.m_local, 4096, (1 << 18) // max(1, n)))
 
 

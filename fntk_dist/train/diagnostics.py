@@ -86,7 +86,7 @@ class Diagnostics:
         its sums reduced over the replica's other shards."""
         f, f0 = layer.features(s), layer0.features(s0)
         move, rel, flips = 0.0, 0.0, 0
-        for i0, i1 in neuron_blocks(layer, self.block, self.x.shape[0]):
+        for i0, i1 in neuron_blocks(layer, self.block, self.x.shape[0], self.x.device):
             w0 = layer0.neuron_weights(i0, i1)
             dw = (layer.neuron_weights(i0, i1) - w0).norm(dim=1)
             move = max(move, float(dw.max()))
