@@ -122,7 +122,17 @@ def _to_rank(layer, y: torch.Tensor, i0: int, i1: int) -> torch.Tensor:
 
 class _BlockedOutput(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, net, groups, blocks, threads, spare, *params):  # noqa: ARG004
+    def forward(ctx, x, net, groups, blocks, threads, spare, *params):
+        with torch.autocast(x.device.type, enabled=False):  # see blocked_output
+            return _BlockedOutput._forward(ctx, x, net, groups, blocks, threads, spare, *params)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        with torch.autocast(grad_out.device.type, enabled=False):
+            return _BlockedOutput._backward(ctx, grad_out)
+
+    @staticmethod
+    def _forward(ctx, x, net, groups, blocks, threads, spare, *params):  # noqa: ARG004
         layer, a = net.layers[-1], net.a
         feats = layer.features(x)
         n = x.shape[0]
@@ -139,7 +149,7 @@ class _BlockedOutput(torch.autograd.Function):
         return out / math.sqrt(net.m)
 
     @staticmethod
-    def backward(ctx, grad_out):
+    def _backward(ctx, grad_out):
         x, feats = ctx.saved_tensors
         net, n = ctx.net, x.shape[0]
         layer, a = net.layers[-1], net.a
@@ -200,6 +210,10 @@ def blocked_output(net: Network, x: torch.Tensor, block: int | None = None,
     the CPU where blocks are large enough; 1 walks them on the calling thread, each op then
     using torch's intra-op threads; ignored on CUDA). spare: where the step's gradients come
     from (SpareGrads; fresh tensors without one).
+
+    Under autocast the layers below run as autocast says, and the last layer's walk in the
+    net's dtype: it writes into preallocated buffers of that dtype, which autocast's casts
+    would not match, and its gradients go straight into the parameters' dtype.
     """
     n = x.shape[0]
     b = default_train_block(net, n) if block is None else block
@@ -208,5 +222,5 @@ def blocked_output(net: Network, x: torch.Tensor, block: int | None = None,
         threads = walk_threads(net, n, b) if threads is None else 1
     top = net.depth - 1
     groups = tuple(g for g in net.groups if g.layer is None or g.layer == top)
-    return _BlockedOutput.apply(net.last_input(x), net, groups, blocks, threads, spare,
-                                *(net.parameter(g) for g in groups))
+    return _BlockedOutput.apply(net.last_input(x).to(net.dtype), net, groups, blocks, threads,
+                                spare, *(net.parameter(g) for g in groups))
