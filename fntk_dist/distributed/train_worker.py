@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -74,8 +75,12 @@ def train_worker(config: dict) -> None:
     """Ray Train's loop function, on every rank."""
     import ray.train
 
+    rank = ray.train.get_context().get_world_rank()
     if not config.get("verbose", False):  # DeepSpeed's and torch's lines go to RUN/logs
-        send_output_to_log(Path(config["out_dir"]), ray.train.get_context().get_world_rank())
+        send_output_to_log(Path(config["out_dir"]), rank)
+    # Where each rank runs (Ray Train's own worker-group lines are not streamed any more).
+    print(f"fntk: rank {rank} on {ray.util.get_node_ip_address()} (pid {os.getpid()})",
+          flush=True)
     mesh = init_mesh(config["width"], config["data"])
     train_shard(RunConfig.model_validate(config["cfg"]), Path(config["out_dir"]), mesh,
                 run_id=config["run_id"], progress=config.get("progress", True))

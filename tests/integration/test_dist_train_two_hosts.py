@@ -45,9 +45,15 @@ RAW = {
     "dist": {"width": 2, "data": 1},
 }
 JOB_ID = "fntk-train-two-hosts"
-# Ray Train lists its worker group in the driver's log:
-#   - (ip=10.213.7.2, pid=4602) world_rank=1, local_rank=0, node_rank=1
-WORKER_LINE = re.compile(r"\(ip=(\d+\.\d+\.\d+\.\d+), pid=\d+\) world_rank=(\d+)")
+# Each rank says where it runs in its log, RUN/logs/rank<r>.log:
+#   fntk: rank 1 on 10.213.7.2 (pid 4602)
+RANK_LINE = re.compile(r"^fntk: rank (\d+) on (\S+) \(pid \d+\)$", re.M)
+
+
+def rank_hosts(run: Path) -> dict[int, str]:
+    """Rank -> node IP, from the run folder's worker logs."""
+    return {int(rank): ip for log in sorted((run / "logs").glob("rank*.log"))
+            for rank, ip in RANK_LINE.findall(log.read_text())}
 
 JOB_INFO = """
 import json, sys
@@ -92,7 +98,7 @@ def test_train_job_on_two_hosts(tmp_path: Path) -> None:
                      env={"RAY_ADDRESS": c.dashboard_url})
         assert info.returncode == 0, info.stderr[-3000:]
         job = json.loads(info.stdout.strip().splitlines()[-1])
-        ranks = {int(rank): ip for ip, rank in WORKER_LINE.findall(job["logs"])}
+        ranks = rank_hosts(out)
         hosts = {c.head_ip, c.worker_ip}
 
     assert job["status"] == "SUCCEEDED", job["message"]
@@ -170,7 +176,7 @@ def test_slurm_script_on_two_hosts(tmp_path: Path) -> None:
         while c.pids() and time.monotonic() < deadline:
             time.sleep(0.5)
         left = c.pids()
-        ranks = {int(rank): ip for ip, rank in WORKER_LINE.findall(log)}
+        ranks = rank_hosts(out)
         hosts = {c.head_ip, c.worker_ip}
     assert left == [], log[-3000:]
     assert "2 Ray nodes up" in log
