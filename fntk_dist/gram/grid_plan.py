@@ -1,0 +1,242 @@
+"""The grid plan: predicted time of one Gram tile sweep on a W x R grid of actors, and the shape
+of least predicted time (DESIGN section 7, "Grid plan").
+
+The grid (fntk_dist.distributed.gram_actors): W width shards x R row groups. A row group is the
+whole width-sharded net; tiles (the upper triangle, T = t(t+1)/2 for t tile rows) go to the
+row group with the fewest pending, so a group computes about ceil(T / R) of them. On a tile
+each of its W actors computes the partial of its m/W neurons, the W partials are summed by a
+binary tree among them (ceil(log2 W) levels, one partial per level through the object store),
+the root's sum goes to the driver, and the driver finishes and stores the tile, one at a time.
+
+The cost of a tile is the net's own count (Network.gram_flops), split into the part every
+actor repeats (each point's features and the layers below the last) and the part spread over
+the neurons: gram_flops is affine in the last layer's width m, so two widths give both. A
+kernel over few neurons runs below its peak: rate(w) = peak * w / (w + half_width) for w
+neurons per block.
+
+No Ray here: the plan is arithmetic on the config, so `fntk gram --plan` starts nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+from ..models.blocks import default_block
+from ..models.groups import Role
+from ..ntk.deep_terms import last_groups, lower_groups
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
+    from ..models.config import ModelConfig
+    from ..models.network import Network
+
+FLOAT64_BYTES = 8  # the partials' sums are float64 whatever the net's dtype
+
+
+@dataclass(frozen=True)
+class Rates:
+    """What the plan knows of the hardware, per actor unless said otherwise."""
+
+    name: str
+    peak_flops: float  # FLOP/s of one actor's tile kernel over a wide block of neurons
+    half_width: float  # neurons per block at which the kernel runs at half its peak
+    link_bytes_s: float  # bytes/s one partial moves from an actor to another or the driver
+    call_s: float  # seconds a remote call costs besides its data (submit, schedule, reply)
+    cores: int | None  # actors (and the driver) the host runs at full rate; None: one each
+    finish_flops: float  # FLOP/s of the driver finishing a tile (features, products, Hadamard)
+    finish_s: float  # driver seconds per tile besides that (unpickle, store write)
+    gpu: bool = False  # the actors' blocks are sized by device memory, not the CPU cache
+
+    def rate(self, width: float) -> float:
+        """FLOP/s of a kernel whose neuron blocks hold `width` neurons."""
+        return self.peak_flops * width / (width + self.half_width)
+
+
+# Calibrated on this 2-core CPU host, one thread per actor, float64 net:
+#   .venv/bin/python tools/scaling_model.py --calibrate
+# (kernel rate vs neurons per block: span_partial on a 1024 x 1024 tile; call and link: Ray
+# calls returning 0 and 8 MB; finish: finish_tile of 1024 x 1024 tiles in this process).
+CPU_RATES = Rates(name="cpu", peak_flops=46e9, half_width=12.0, link_bytes_s=1.5e9,
+                  call_s=1.0e-3, cores=os.cpu_count() or 1, finish_flops=20e9, finish_s=2e-3)
+
+
+def h100_rates(dtype: str = "float32", link_bytes_s: float = 25e9) -> Rates:
+    """An H100 per actor (datasheet figures, not measured here): 51 TFLOP/s float32 GEMM
+    (IEEE, no TF32: the kernels disable it), 67 TFLOP/s float64 tensor core, 795 TFLOP/s
+    bf16; link: 25-50 GB/s per GPU between nodes. A kernel launch (~10 us) per block; the
+    half-rate width is a guess of where a GEMM's inner dimension stops filling the SMs (its
+    other dimensions are the tile's rows). The driver finishes on one host CPU core."""
+    peak = {"float32": 51e12, "float64": 67e12, "bf16": 795e12}[dtype]
+    return Rates(name=f"h100-{dtype}", peak_flops=peak, half_width=512.0,
+                 link_bytes_s=link_bytes_s, call_s=1e-3, cores=None, finish_flops=20e9,
+                 finish_s=2e-3, gpu=True)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One tile sweep on a W x R grid."""
+
+    width: int  # W: width shards
+    rows: int  # R: row groups
+    compute_s: float  # the busiest actor's kernel seconds over the sweep
+    comm_s: float  # its group's seconds moving partials (tree levels and the root's send)
+    driver_s: float  # the driver's seconds finishing every tile
+    bytes_per_actor: float  # bytes each actor sends over the sweep (its partial, per tile)
+    total_s: float  # predicted wall seconds of the sweep
+    efficiency: float  # one actor's seconds / (W * R * these seconds)
+
+
+@dataclass(frozen=True)
+class TileCosts:
+    """What one rows x cols tile costs, independent of the grid: FLOPs every actor repeats,
+    FLOPs per neuron of the last layer, the driver's finishing FLOPs, a partial's bytes."""
+
+    count: int  # tiles of this shape in the sweep
+    rows: int
+    cols: int
+    fixed_flops: float
+    per_neuron_flops: float
+    finish_flops: float
+    partial_bytes: float
+
+
+def _with_last_width(model: ModelConfig, m: int) -> ModelConfig:
+    if model.layers is None:
+        return model.model_copy(update={"m": m})
+    layers = [*model.layers[:-1], model.layers[-1].model_copy(update={"m": m})]
+    return model.model_copy(update={"m": m, "layers": layers})
+
+
+def _tile_shapes(n: int, tile: int) -> list[tuple[int, int, int, bool]]:
+    """(count, rows, cols, diagonal) of the upper triangle's tiles: full tiles and, when tile
+    does not divide n, the last row of tiles with its n mod tile rows."""
+    full, last = divmod(n, tile)
+    shapes = [(full, tile, tile, True), (full * (full - 1) // 2, tile, tile, False)]
+    if last:
+        shapes += [(full, tile, last, False), (1, last, last, True)]
+    return [s for s in shapes if s[0]]
+
+
+def tile_costs(model: ModelConfig, d: int, n: int, tile: int) -> list[TileCosts]:
+    """The sweep's tiles, grouped by shape, with their costs from the net's own counts."""
+    m = model.m
+    net = model.build(d, neurons=(0, 1))  # the job's finisher: features and scale only
+    wider = _with_last_width(model, 2 * m).build(d, neurons=(0, 1))
+    out = []
+    for count, rows, cols, diag in _tile_shapes(n, tile):
+        flops_m, flops_2m = net.gram_flops(rows, cols), wider.gram_flops(rows, cols)
+        per_neuron = (flops_2m - flops_m) / m
+        out.append(TileCosts(count, rows, cols, flops_m - per_neuron * m, per_neuron,
+                             _finish_flops(net, rows, cols, flops_m - per_neuron * m),
+                             _partial_bytes(net, rows, cols, diag)))
+    return out
+
+
+def _partial_bytes(net: Network, rows: int, cols: int, diag: bool) -> float:
+    """A GramPartial's float64 sums (fntk_dist.ntk.partial): rows x cols per neuron-summed
+    term, G (n x k) for a RANK term (once on a diagonal tile), and a deep net's backprop
+    signal into the last layer's features."""
+    layer = net.layers[-1]
+    span = rows if diag else rows + cols
+    entries = sum(span * layer.k if g.role is Role.RANK else rows * cols
+                  for g in last_groups(net))
+    if lower_groups(net):
+        entries += span * layer.feature_dim
+    return float(entries * FLOAT64_BYTES)
+
+
+def _finish_flops(net: Network, rows: int, cols: int, features: float) -> float:
+    """The driver's finish (ntk.empirical.finish_gram): each point's features (the FLOPs
+    every actor repeats), then per term the n x n product of its other factor (features for
+    ROWS, G and the inputs for RANK) and the Hadamard product."""
+    layer = net.layers[-1]
+    other = {Role.ROWS: layer.feature_dim, Role.RANK: (layer.k or 0) + layer.d, Role.READOUT: 0}
+    flops = features
+    for g in last_groups(net):
+        flops += 2 * rows * cols * other[g.role] + rows * cols
+    return float(max(flops, rows * cols))
+
+
+def predict(costs: list[TileCosts], m: int, width: int, rows: int, rates: Rates,
+            block: int | None = None) -> Prediction:
+    """One sweep of the tiles `costs` on `width` x `rows` actors (efficiency left 0: see
+    plan, which compares with one actor)."""
+    shard = math.ceil(m / width)  # the widest shard sets the pace of its tile
+    tiles = sum(c.count for c in costs)
+    levels = math.ceil(math.log2(width)) if width > 1 else 0
+    kernel = comm = finish = moved = 0.0
+    for c in costs:
+        if block is not None:
+            inner = min(shard, block)
+        elif rates.gpu:
+            inner = shard
+        else:
+            inner = min(shard, default_block(_Neurons(shard), c.rows + c.cols))
+        seconds = (rates.call_s + c.fixed_flops / rates.peak_flops
+                   + c.per_neuron_flops * shard / rates.rate(inner))
+        kernel += c.count * seconds
+        send = rates.call_s + c.partial_bytes / rates.link_bytes_s
+        comm += c.count * (levels + 1) * send  # the tree's levels, then the root to the driver
+        finish += c.count * (rates.finish_s + c.finish_flops / rates.finish_flops)
+        moved += c.count * c.partial_bytes
+    # Tiles are dealt to the group with the fewest pending: each takes about ceil(T / R) of
+    # them, so a group's share of the sweep's work is ceil(T / R) / T.
+    share = math.ceil(tiles / rows) / tiles
+    compute_s, comm_s = kernel * share, comm * share
+    group_s = compute_s + comm_s
+    per_group = math.ceil(tiles / rows)
+    # A pipeline: the groups' last tile is finished after them, and the driver waits for the
+    # first tile before it has anything to finish; the slower path sets the pace.
+    total = max(group_s + finish / tiles, finish + group_s / per_group)
+    if rates.cores is not None:  # actors and the driver share the host's cores
+        total = max(total, (width * rows * compute_s + finish) / rates.cores)
+    return Prediction(width, rows, compute_s, comm_s, finish, moved * share, total, 0.0)
+
+
+@dataclass(frozen=True)
+class _Neurons:
+    """A shard's neuron count, as default_block reads it."""
+
+    m_local: int
+
+
+def factor_pairs(workers: int, m: int) -> list[tuple[int, int]]:
+    """Every (W, R) with W * R = workers and at most m width shards."""
+    return [(w, workers // w) for w in range(1, workers + 1) if workers % w == 0 and w <= m]
+
+
+def plan(model: ModelConfig, n: int, d: int, tile: int, workers: int, rates: Rates,
+         block: int | None = None) -> list[Prediction]:
+    """Predictions for every grid shape of `workers` actors, fastest first; efficiency
+    against one actor on the same tiles."""
+    costs = tile_costs(model, d, n, tile)
+    alone = predict(costs, model.m, 1, 1, rates, block).total_s
+    shapes = [predict(costs, model.m, w, r, rates, block)
+              for w, r in factor_pairs(workers, model.m)]
+    shapes = [replace(p, efficiency=alone / (workers * p.total_s)) for p in shapes]
+    return sorted(shapes, key=lambda p: (p.total_s, p.width))
+
+
+def rates_for(cfg: RunConfig) -> Rates:
+    """cuda actors: an H100 in the net's dtype; otherwise (cpu, auto) this host's CPU rates."""
+    return h100_rates(cfg.model.dtype) if cfg.gram.device == "cuda" else CPU_RATES
+
+
+def choose_grid(cfg: RunConfig, n: int, d: int, tile: int, workers: int) -> tuple[int, int]:
+    """(W, R), W * R == workers, of least predicted sweep time for cfg's net on n points of
+    dimension d in tiles of `tile` rows."""
+    best = plan(cfg.model, n, d, tile, workers, rates_for(cfg), cfg.gram.block)[0]
+    return best.width, best.rows
+
+
+def plan_rows(cfg: RunConfig, n: int, d: int, tile: int, workers: int) -> list[dict]:
+    """The plan table: one row per shape, fastest first, the chosen one marked."""
+    rates = rates_for(cfg)
+    shapes = plan(cfg.model, n, d, tile, workers, rates, cfg.gram.block)
+    return [{"grid": f"{p.width}x{p.rows}", "chosen": i == 0, "rates": rates.name,
+             "compute_s": p.compute_s, "comm_s": p.comm_s, "driver_s": p.driver_s,
+             "bytes_per_actor": p.bytes_per_actor, "total_s": p.total_s,
+             "efficiency": p.efficiency} for i, p in enumerate(shapes)]
