@@ -46,6 +46,10 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--address", metavar="ADDR",
                        help="existing Ray cluster (default: RAY_ADDRESS, else embedded)")
         if name == "gram":
+            s.add_argument("--plan", action="store_true",
+                           help="print the predicted time of each actor grid shape for the "
+                                "config's data, tile and workers (default: this host's cores); "
+                                "runs nothing")
             s.add_argument("--tile", type=int, metavar="T", help="rows per tile")
         elif name == "train":
             s.add_argument("--resume", action="store_true",
@@ -126,6 +130,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             from ..gram.job import run_gram_job
 
+            if args.plan:  # arithmetic on the config: no Ray, no run folder
+                from ..gram.grid_plan import plan_report
+
+                print(plan_report(cfg))
+                return 0
             out = _out_dir(args, cfg.name, resumable=True)
             summary = run_gram_job(cfg, out, progress=not args.quiet)
             keys = GRAM_KEYS

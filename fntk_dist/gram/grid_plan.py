@@ -240,3 +240,32 @@ def plan_rows(cfg: RunConfig, n: int, d: int, tile: int, workers: int) -> list[d
              "compute_s": p.compute_s, "comm_s": p.comm_s, "driver_s": p.driver_s,
              "bytes_per_actor": p.bytes_per_actor, "total_s": p.total_s,
              "efficiency": p.efficiency} for i, p in enumerate(shapes)]
+
+
+def plan_report(cfg: RunConfig) -> str:
+    """`fntk gram --plan`: the plan table for cfg's data, tile and workers, as text. Reads
+    the data (for n and d) and checks the config as the job would; starts and writes nothing.
+    Workers: dist.workers, else dist.grid's W * R, else this host's cores (what an embedded
+    Ray cluster offers), since one process has no grid to plan."""
+    from ..checks import check_gram
+    from ..data import load_dataset
+
+    data = load_dataset(cfg.data)
+    grid = cfg.dist.grid
+    workers = cfg.dist.workers or (grid[0] * grid[1] if grid else os.cpu_count() or 1)
+    cfg = cfg.model_copy(update={"dist": cfg.dist.model_copy(update={"workers": workers})})
+    layout = check_gram(cfg, data.n, data.d)
+    rows = plan_rows(cfg, data.n, data.d, layout.tile, layout.workers)
+    tiles = sum(shape[0] for shape in _tile_shapes(data.n, layout.tile))
+    lines = [f"grid plan: n={data.n} d={data.d} m={cfg.model.m} tile={layout.tile} "
+             f"({tiles} tiles) workers={layout.workers} rates={rows[0]['rates']}",
+             f"{'grid':>7} {'compute_s':>10} {'comm_s':>9} {'driver_s':>9} "
+             f"{'MB/actor':>10} {'total_s':>9} {'efficiency':>10}"]
+    for r in rows:
+        mark = " <- chosen" if r["chosen"] else ""
+        if grid is not None and r["grid"] == f"{grid[0]}x{grid[1]}":
+            mark += " <- dist.grid"
+        lines.append(f"{r['grid']:>7} {r['compute_s']:10.4g} {r['comm_s']:9.3g} "
+                     f"{r['driver_s']:9.3g} {r['bytes_per_actor'] / 1e6:10.4g} "
+                     f"{r['total_s']:9.4g} {r['efficiency']:10.2f}{mark}")
+    return "\n".join(lines)
