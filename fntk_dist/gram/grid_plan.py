@@ -97,6 +97,7 @@ class TileCosts:
     count: int  # tiles of this shape in the sweep
     rows: int
     cols: int
+    diagonal: bool  # a tile of the diagonal: its rows are its columns
     fixed_flops: float
     per_neuron_flops: float
     finish_flops: float
@@ -129,7 +130,7 @@ def tile_costs(model: ModelConfig, d: int, n: int, tile: int) -> list[TileCosts]
     for count, rows, cols, diag in _tile_shapes(n, tile):
         flops_m, flops_2m = net.gram_flops(rows, cols), wider.gram_flops(rows, cols)
         per_neuron = (flops_2m - flops_m) / m
-        out.append(TileCosts(count, rows, cols, flops_m - per_neuron * m, per_neuron,
+        out.append(TileCosts(count, rows, cols, diag, flops_m - per_neuron * m, per_neuron,
                              _finish_flops(net, rows, cols, flops_m - per_neuron * m),
                              _partial_bytes(net, rows, cols, diag)))
     return out

@@ -1,0 +1,147 @@
+"""The grid plan (fntk_dist.gram.grid_plan): its counts against the net's own and against real
+partials, its choices on clear cases, and `fntk gram --plan` (prints, runs nothing)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import replace
+
+import pytest
+import torch
+import yaml
+
+from fntk_dist.cli.main import main
+from fntk_dist.config import RunConfig
+from fntk_dist.gram.executor import span_partial
+from fntk_dist.gram.grid_plan import (
+    CPU_RATES,
+    choose_grid,
+    factor_pairs,
+    plan,
+    plan_rows,
+    predict,
+    tile_costs,
+)
+from fntk_dist.models.config import ModelConfig
+
+
+def run_config(**model) -> RunConfig:
+    return RunConfig.model_validate({"model": {"mode": "sketch_in", "k": 16, **model},
+                                     "gram": {"device": "cpu"}})
+
+
+@pytest.mark.parametrize("model", [
+    {"mode": "sketch_in", "m": 96, "k": 8},
+    {"mode": "lowrank", "m": 96, "k": 8, "train_output": True},
+    {"mode": "dense", "m": 96},
+    {"layers": [{"m": 40, "mode": "lowrank", "k": 8}, {"m": 96, "mode": "sketch_out", "k": 8}]},
+])
+def test_tile_costs_add_up_to_the_nets_count_and_the_real_partials(model):
+    """The split into repeated and per-neuron FLOPs sums, over the sweep's tiles (tile not
+    dividing n), to Network.gram_flops of every tile; a partial's bytes are those of a real
+    GramPartial of the tile's shape."""
+    cfg = ModelConfig(**model)
+    n, d, tile = 23, 12, 10
+    costs = tile_costs(cfg, d, n, tile)
+    net = cfg.build(d)
+    bounds = [(i, min(i + tile, n)) for i in range(0, n, tile)]
+    spans = [(bounds[i], bounds[j]) for i in range(len(bounds)) for j in range(i, len(bounds))]
+    assert sum(c.count for c in costs) == len(spans)
+    want = sum(net.gram_flops(r1 - r0, c1 - c0) for (r0, r1), (c0, c1) in spans)
+    got = sum(c.count * (c.fixed_flops + c.per_neuron_flops * cfg.m) for c in costs)
+    assert got == pytest.approx(want, rel=1e-12)
+    x = torch.randn(n, d, dtype=torch.float64)
+    for span in spans:
+        part = span_partial(net, x, span, None)
+        stored = [t for term in (*part.terms, *([part.back] if part.back else []))
+                  for t in term.tensors()]
+        (r0, r1), (c0, c1) = span
+        shape = next(c for c in costs
+                     if (c.rows, c.cols, c.diagonal) == (r1 - r0, c1 - c0, r0 == c0))
+        assert shape.partial_bytes == sum(t.numel() * t.element_size() for t in stored)
+
+
+def test_one_tile_is_split_by_width():
+    """n = tile: one tile, so row groups beyond the first would idle; the width split wins."""
+    assert choose_grid(run_config(m=4096), 256, 32, 256, 4) == (4, 1)
+
+
+def test_thin_net_with_many_tiles_is_split_by_rows():
+    """m = 64 neurons over 136 tiles: width shards would run thin kernels and move a partial
+    per level per tile; row groups each take their tiles whole."""
+    assert choose_grid(run_config(m=64), 4096, 32, 256, 4) == (1, 4)
+
+
+def test_every_shape_of_the_workers_is_planned_and_none_wider_than_m():
+    rows = plan_rows(run_config(m=2, k=2), 512, 8, 128, 4)
+    assert sorted(r["grid"] for r in rows) == ["1x4", "2x2"]  # 4 shards of 2 neurons: none
+    assert [r["chosen"] for r in rows] == [True, False]
+    assert rows[0]["total_s"] <= rows[1]["total_s"]
+    assert factor_pairs(12, 100) == [(1, 12), (2, 6), (3, 4), (4, 3), (6, 2), (12, 1)]
+
+
+def test_the_prediction_follows_the_rates():
+    """A free link and unlimited cores: W actors on one tile take 1/W of its per-neuron
+    work; the driver as the only cost sets the time whatever the grid."""
+    cfg = run_config(m=4096)
+    costs = tile_costs(cfg.model, 32, 256, 256)
+    free = replace(CPU_RATES, link_bytes_s=float("inf"), call_s=0.0, cores=None,
+                   finish_s=0.0, finish_flops=float("inf"), half_width=0.0)
+    one, four = predict(costs, 4096, 1, 1, free), predict(costs, 4096, 4, 1, free)
+    c = costs[0]
+    assert one.compute_s == pytest.approx((c.fixed_flops + c.per_neuron_flops * 4096)
+                                          / free.peak_flops)
+    assert four.compute_s == pytest.approx((c.fixed_flops + c.per_neuron_flops * 1024)
+                                           / free.peak_flops)
+    assert four.comm_s == 0.0 and four.bytes_per_actor == c.partial_bytes
+    slow_driver = replace(free, finish_s=100.0)
+    times = [p.total_s for p in plan(cfg.model, 256, 32, 256, 4, slow_driver)]
+    assert times == pytest.approx([100.0] * 3, rel=1e-3)
+
+
+def write(tmp_path, cfg: dict):
+    path = tmp_path / "gram.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+GRAM = {"model": {"mode": "sketch_in", "m": 1024, "k": 16, "sketch": "srht"},
+        "data": {"source": "sphere", "n": 512, "d": 32}, "tracking": {"wandb": False}}
+
+
+def test_plan_prints_every_shape_and_runs_nothing(tmp_path):
+    """In a fresh interpreter: exit 0, the table, no run folder, Ray never imported."""
+    out = tmp_path / "run"
+    code = ("import sys; from fntk_dist.cli.main import main; "
+            f"rc = main(['gram', {str(write(tmp_path, GRAM))!r}, '--plan', '--workers', '4', "
+            f"'--tile', '128', '--out', {str(out)!r}]); "
+            "print('ray imported:', 'ray' in sys.modules); sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert "n=512 d=32 m=1024 tile=128 (10 tiles) workers=4" in lines[0]
+    shapes = [line.split()[0] for line in lines[2:5]]
+    assert sorted(shapes) == ["1x4", "2x2", "4x1"]
+    assert sum("<- chosen" in line for line in lines) == 1
+    assert lines[-1] == "ray imported: False"
+    assert not out.exists() and not (tmp_path / "runs").exists()
+
+
+def test_plan_marks_the_configured_grid(tmp_path, capsys):
+    assert main(["gram", str(write(tmp_path, GRAM)), "--plan", "--workers", "4",
+                 "dist.grid=[2, 2]"]) == 0
+    assert "2x2" in next(line for line in capsys.readouterr().out.splitlines()
+                         if "<- dist.grid" in line)
+
+
+@pytest.mark.parametrize("overrides, needle", [
+    (["gram.tile=4096"], "gram.tile"),
+    (["--workers", "4", "dist.grid=[3, 1]"], "dist.grid"),
+    (["model.k=0"], "model.k"),
+])
+def test_plan_bad_input_is_one_line_and_exit_2(tmp_path, capsys, overrides, needle):
+    assert main(["gram", str(write(tmp_path, GRAM)), "--plan", *overrides]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fntk: error:") and needle in err and "\n" not in err
