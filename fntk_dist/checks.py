@@ -23,8 +23,9 @@ T = TypeVar("T")
 
 
 def distributed(cfg: RunConfig) -> bool:
-    """Whether the job runs on Ray (dist.workers or dist.address set)."""
-    return cfg.dist.workers is not None or cfg.dist.address is not None
+    """Whether the job runs on Ray (dist.workers, dist.address or dist.grid set)."""
+    dc = cfg.dist
+    return dc.workers is not None or dc.address is not None or dc.grid is not None
 
 
 @dataclass(frozen=True)
@@ -44,8 +45,9 @@ class TrainPlan:
 @dataclass(frozen=True)
 class GramPlan:
     distributed: bool
-    workers: int  # width-shard actors (1 in one process)
+    workers: int  # actors (1 in one process)
     tile: int  # rows per tile
+    grid: tuple[int, int] | None  # (width shards, row groups) as dist.grid says; None: chosen
 
 
 def _mesh(cfg: RunConfig) -> tuple[int, int]:
@@ -107,6 +109,9 @@ def check_train(cfg: RunConfig, data: Dataset) -> TrainPlan:
     """The layout of `fntk train` on data; ConfigError for a broken rule."""
     tc, ds = cfg.train, cfg.deepspeed
     n, d = data.n, data.d
+    if cfg.dist.grid is not None:
+        raise ConfigError("dist.grid: shapes the actors of fntk gram; training lays its workers "
+                          "out as dist.width x dist.data")
     if tc.lr is None and n > tc.gram_max_n:
         raise ConfigError(f"train.lr: required when n={n} > train.gram_max_n={tc.gram_max_n} "
                           "(the step size is otherwise read off the n x n Gram)")
@@ -157,10 +162,15 @@ def _refuse_unused(cfg: RunConfig) -> None:
 def check_gram(cfg: RunConfig, n: int, d: int) -> GramPlan:
     """The layout of `fntk gram` for n points of dimension d; ConfigError for a broken rule."""
     check_model(cfg, d)
-    workers = cfg.dist.workers or 1
-    if workers > cfg.model.m:
-        raise ConfigError(f"dist.workers: {workers} workers but only m={cfg.model.m} neurons "
-                          "to shard")
+    workers, grid = cfg.dist.workers or 1, cfg.dist.grid
+    if grid is not None:
+        if cfg.dist.workers is not None and grid[0] * grid[1] != workers:
+            raise ConfigError(f"dist.grid: {grid[0]} x {grid[1]} = {grid[0] * grid[1]} actors, "
+                              f"but dist.workers = {workers}")
+        workers = grid[0] * grid[1]
+        if grid[0] > cfg.model.m:
+            raise ConfigError(f"dist.grid: {grid[0]} width shards but only m={cfg.model.m} "
+                              "neurons to shard")
     tile = cfg.gram.tile or min(n, 1024)
     if tile > n:
         raise ConfigError(f"gram.tile: {tile} rows per tile exceeds the n={n} points; tiles "
@@ -168,4 +178,4 @@ def check_gram(cfg: RunConfig, n: int, d: int) -> GramPlan:
     if cfg.gram.dtype == "float64" and cfg.model.dtype == "float32":
         raise ConfigError("gram.dtype: float64 tiles of a float32 net hold float32-accurate "
                           "entries; set model.dtype float64 too (or gram.dtype float32)")
-    return GramPlan(distributed(cfg), workers, tile)
+    return GramPlan(distributed(cfg), workers, tile, grid)

@@ -51,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
                                 "config's data, tile and workers (default: this host's cores); "
                                 "runs nothing")
             s.add_argument("--tile", type=int, metavar="T", help="rows per tile")
+            s.add_argument("--grid", type=_grid, metavar="WxR",
+                           help="with --workers W*R: W width shards x R row groups of actors "
+                                "(default: the shape of least predicted time)")
         elif name == "train":
             s.add_argument("--resume", action="store_true",
                            help="continue a stopped run in --out from its last checkpoint "
@@ -62,11 +65,22 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _grid(text: str) -> list[int]:
+    """--grid WxR (2x4) as [W, R]; the config's validation checks the numbers."""
+    try:
+        width, rows = text.lower().split("x")
+        return [int(width), int(rows)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not WxR, e.g. 2x4") from None
+
+
 def _overrides(args: argparse.Namespace) -> list[str]:
-    """--workers/--address/--tile are shorthands for config overrides (validated alike)."""
+    """--workers/--address/--tile/--grid are shorthands for config overrides (validated
+    alike)."""
     flags = {"dist.workers": getattr(args, "workers", None),
              "dist.address": getattr(args, "address", None),
-             "gram.tile": getattr(args, "tile", None)}
+             "gram.tile": getattr(args, "tile", None),
+             "dist.grid": getattr(args, "grid", None)}
     return [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]
 
 

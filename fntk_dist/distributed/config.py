@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 
 class DistConfig(BaseModel):
@@ -19,6 +19,12 @@ class DistConfig(BaseModel):
                           "else an embedded local cluster on loopback"
     )
     connect_timeout_s: float = Field(15.0, gt=0, description="seconds to wait for --address")
+    grid: tuple[PositiveInt, PositiveInt] | None = Field(
+        None, description="gram: [W, R] actors on Ray, W width shards x R row groups (W * R = "
+                          "workers, which it sets when unset); "
+                          "each row group is the width-sharded net and takes tiles as it frees "
+                          "up. Default: the shape of least predicted time (fntk gram --plan)"
+    )
     width: int | None = Field(
         None, ge=1, description="train: shards of the wide layer (neuron ranges); default: workers "
                                 "/ data, else 1"

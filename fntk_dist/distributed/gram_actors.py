@@ -1,10 +1,17 @@
-"""The Gram on Ray: width-shard actors, and the executor that keeps them fed with tiles.
+"""The Gram on Ray: a grid of actors, W width shards x R row groups, and the executor that
+keeps it fed with tiles.
 
 Each GramShard owns a neuron range and rebuilds it from the seed (no weights travel); the
-points are put in the object store once and each shard copies them on its first tile.
-RayExecutor keeps gram.in_flight tiles submitted ahead of the one the job is finishing. Actors
-have unlimited restarts and task retries: Ray rebuilds a killed shard and computes its tiles in
-flight again.
+points are put in the object store once and each shard copies them on its first tile. A row
+group is the whole width-sharded net: its W shards compute one tile at a time, and their
+partials are summed by a binary tree among them (each level moves one partial shard to shard
+through the object store), so one sum per tile reaches the driver, however wide W. Row groups
+work on different tiles: the width split keeps each tile's latency low, the row split keeps
+every shard's GEMMs as wide as the net (fntk_dist.gram.grid_plan weighs the two).
+
+RayExecutor keeps gram.in_flight tiles per row group submitted ahead of the one the job is
+finishing. Actors have unlimited restarts and task retries: Ray rebuilds a killed shard and
+computes its tiles in flight again.
 
 The points come with every tile call, as a reference (Ray hands an actor on the same node a
 read-only view of the stored array, no copy), not as a constructor argument: a restarted
@@ -53,6 +60,11 @@ class GramShard:
         self.load(x)
         return span_partial(self.net, self.x, span, self.block)
 
+    def add(self, mine: GramPartial, other: GramPartial) -> GramPartial:
+        """One step of a row group's tree sum (Ray fetches both operands from the object
+        store; the result stays there for the next level)."""
+        return mine + other
+
     def where(self) -> tuple[int, str]:
         """(pid, node IP): for tests and logs."""
         return os.getpid(), ray.util.get_node_ip_address()
@@ -86,9 +98,9 @@ def connect_for_gram(cfg: RunConfig, workers: int) -> tuple[str, dict]:
 
 
 class RayExecutor:
-    """`workers` GramShard actors over the net's width, placed by connect_for_gram."""
+    """A (W, R) grid of GramShard actors, placed by connect_for_gram."""
 
-    def __init__(self, cfg: RunConfig, workers: int, x: torch.Tensor,
+    def __init__(self, cfg: RunConfig, grid: tuple[int, int], x: torch.Tensor,
                  placed: tuple[str, dict]) -> None:
         self.device, request = placed
         self.in_flight = cfg.gram.in_flight
@@ -97,38 +109,57 @@ class RayExecutor:
         # Held for the whole job: every tile call (a retried one too) passes it.
         self.x_ref = ray.put(x.numpy())
         model = cfg.model.model_dump(mode="json")
-        self.shards = [
-            GramShard.options(**options).remote(model, x.shape[1], neurons, cfg.gram.block,
-                                                self.device)
-            for neurons in shard_ranges(cfg.model.m, workers)
+        width, rows = grid
+        self.groups = [
+            [GramShard.options(**options).remote(model, x.shape[1], neurons, cfg.gram.block,
+                                                 self.device)
+             for neurons in shard_ranges(cfg.model.m, width)]
+            for _ in range(rows)
         ]
+        shards = [s for group in self.groups for s in group]
         # Waits until every shard is built and holds the points, so the job times tile work
         # alone.
-        ray.get([s.load.remote(self.x_ref) for s in self.shards])
-        self.nodes = sorted({ip for _, ip in ray.get([s.where.remote() for s in self.shards])})
+        ray.get([s.load.remote(self.x_ref) for s in shards])
+        self.nodes = sorted({ip for _, ip in ray.get([s.where.remote() for s in shards])})
+
+    def _tile(self, group: list, span: Span) -> ray.ObjectRef:
+        """The reference to one tile's partial summed over the group's width shards: shard i
+        adds shard i + step's sum, for step = 1, 2, 4, ..."""
+        refs = [s.partial.remote(span, self.x_ref) for s in group]
+        step = 1
+        while step < len(refs):
+            for i in range(0, len(refs) - step, 2 * step):
+                refs[i] = group[i].add.remote(refs[i], refs[i + step])
+            step *= 2
+        return refs[0]
 
     def partials(self, spans: Iterable[Span]) -> Iterator[list[GramPartial]]:
         pending = iter(spans)
-        queue: deque = deque()
+        queue: deque[tuple[ray.ObjectRef, int]] = deque()
+        busy = [0] * len(self.groups)  # tiles submitted to each row group and not yet taken
 
         def submit() -> None:
             span = next(pending, None)
             if span is not None:
-                queue.append([s.partial.remote(span, self.x_ref) for s in self.shards])
+                g = busy.index(min(busy))
+                busy[g] += 1
+                queue.append((self._tile(self.groups[g], span), g))
 
-        for _ in range(self.in_flight + 1):
+        for _ in range((self.in_flight + 1) * len(self.groups)):
             submit()
         while queue:
-            refs = queue.popleft()
+            ref, g = queue.popleft()
+            busy[g] -= 1  # the next tile goes to the group with the least work left
             submit()
-            yield ray.get(refs)
+            yield [ray.get(ref)]
 
     def info(self) -> dict:
-        memory = ray.get([s.memory.remote() for s in self.shards])
+        memory = ray.get([s.memory.remote() for group in self.groups for s in group])
         return {"device": self.device, "shard_nodes": self.nodes,
                 "worker_peak_rss_bytes": max(m[0] for m in memory),
                 "worker_base_rss_bytes": max(m[1] for m in memory)}
 
     def close(self) -> None:
-        for s in self.shards:
-            ray.kill(s)
+        for group in self.groups:
+            for s in group:
+                ray.kill(s)

@@ -1,9 +1,11 @@
 """Where a Gram job's tiles are computed: the executor interface and the local executor.
 
-An executor answers, for each tile's span (rows, cols), the GramPartials of its shards, on the
-CPU: their neuron ranges cover all m neurons. The job sums them, finishes and stores the tiles
-(fntk_dist.gram.tiles), whatever the executor. The local executor is one shard, the whole net
-in this process; the Ray one (fntk_dist.distributed.gram_actors) has a width-shard actor each.
+An executor answers, for each tile's span (rows, cols), GramPartials on the CPU whose neuron
+ranges together cover all m neurons (one per shard, or shards' partials already summed). The
+job sums them, finishes and stores the tiles (fntk_dist.gram.tiles), whatever the executor.
+The local executor is one shard, the whole net in this process; the Ray one
+(fntk_dist.distributed.gram_actors) is a grid of actors, width shards x row groups, each
+group's shards summing their partials among themselves.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ Span = tuple[tuple[int, int], tuple[int, int]]  # a tile's rows [r0, r1) and col
 
 class TileExecutor(Protocol):
     def partials(self, spans: Iterable[Span]) -> Iterator[list[GramPartial]]:
-        """Each span's partials, one per shard, on the CPU, in the order given."""
+        """Each span's partials (covering all neurons), on the CPU, in the order given."""
 
     def info(self) -> dict:
         """The summary keys device, shard_nodes, worker_peak_rss_bytes, worker_base_rss_bytes."""

@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from ..atomic import write_text
-from ..checks import GramPlan, check_gram
+from ..checks import check_gram
 from ..config import RunConfig, dump_config
 from ..data import Dataset, load_dataset
 from ..identity import differing_keys, identity_hash, run_identity
@@ -55,12 +55,12 @@ def _check_store(out_dir: Path, identity: dict) -> None:
                          f"{', '.join(keys)}): choose another folder or remove it")
 
 
-def _executor(cfg: RunConfig, plan: GramPlan, x: torch.Tensor, device: torch.device | None,
-              placed: tuple[str, dict] | None) -> TileExecutor:
-    if plan.distributed:
+def _executor(cfg: RunConfig, grid: tuple[int, int], x: torch.Tensor,
+              device: torch.device | None, placed: tuple[str, dict] | None) -> TileExecutor:
+    if placed is not None:
         from ..distributed.gram_actors import RayExecutor
 
-        return RayExecutor(cfg, plan.workers, x, placed)
+        return RayExecutor(cfg, grid, x, placed)
     return LocalExecutor(cfg, x, device)
 
 
@@ -70,6 +70,7 @@ def run_gram_job(cfg: RunConfig, out_dir: Path, progress: bool = True) -> dict:
     data = load_dataset(cfg.data)
     n, d = data.n, data.d
     plan = check_gram(cfg, n, d)
+    grid = plan.grid or (plan.workers, 1)
     out_dir = Path(out_dir)
     identity = gram_identity(cfg, data, plan.tile)
     _check_store(out_dir, identity)
@@ -103,7 +104,9 @@ def run_gram_job(cfg: RunConfig, out_dir: Path, progress: bool = True) -> dict:
     try:
         if todo:
             workers = f"{plan.workers} worker" + "s" * (plan.workers > 1)
-            with contextlib.closing(_executor(cfg, plan, x, device, placed)) as executor, \
+            if plan.distributed:
+                workers += f", grid {grid[0]}x{grid[1]}"
+            with contextlib.closing(_executor(cfg, grid, x, device, placed)) as executor, \
                     tqdm(total=len(todo), desc=f"gram tiles (n={n}, {workers})", unit="tile",
                          disable=not progress, mininterval=1.0) as bar:
                 write_tiles(store, executor, finisher, x, todo, tracker, bar)
@@ -121,7 +124,7 @@ def run_gram_job(cfg: RunConfig, out_dir: Path, progress: bool = True) -> dict:
         "n": n, "d": d, "depth": finisher.depth, "m": finisher.m, "mode": finisher.mode,
         "k": finisher.k, "sketch": finisher.sketch, "train_output": finisher.train_output,
         "dtype": cfg.model.dtype, "tile_dtype": tile_dtype(cfg), "device": info["device"],
-        "workers": plan.workers,
+        "workers": plan.workers, "grid": list(grid) if plan.distributed else None,
         "shard_nodes": info["shard_nodes"], "tile": plan.tile, "tiles": len(store.all_tiles()),
         "tiles_computed": len(todo), "tiles_resumed": resumed, **spectral,
         "seconds": seconds, **cost_report(store), "disk_bytes": store.disk_bytes(),

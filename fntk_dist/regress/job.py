@@ -54,6 +54,9 @@ def check_regress(cfg: RunConfig, data: Dataset) -> int:
     if rc.test_metrics and data.x_test.shape[0] == 0:
         raise ConfigError("regress.test_metrics: the data has no test rows; set "
                           "data.test_fraction > 0 or regress.test_metrics=false")
+    if cfg.dist.grid is not None:
+        raise ConfigError("dist.grid: shapes the actors of fntk gram; fntk regress splits the "
+                          "width over dist.workers actors")
     if not distributed(cfg):
         return 1
     workers = cfg.dist.workers or 1

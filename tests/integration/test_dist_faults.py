@@ -40,10 +40,11 @@ def reference() -> np.ndarray:
     return empirical_ntk(cfg.model.build(data.d), torch.from_numpy(data.x)).numpy()
 
 
-def start(tmp_path: Path, out: Path) -> subprocess.Popen:
+def start(tmp_path: Path, out: Path, layout: tuple[str, ...] = ("--workers", "2")
+          ) -> subprocess.Popen:
     cfg = tmp_path / "gram.yaml"
     cfg.write_text(yaml.safe_dump(RAW))
-    argv = [sys.executable, "-m", "fntk_dist.cli.main", "gram", str(cfg), "--workers", "2",
+    argv = [sys.executable, "-m", "fntk_dist.cli.main", "gram", str(cfg), *layout,
             "--out", str(out), "--quiet"]
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -69,13 +70,15 @@ def shard_processes() -> list[psutil.Process]:
             if any("ray::GramShard" in part for part in (p.info["cmdline"] or []))]
 
 
-def test_killed_worker_is_replaced_and_the_result_is_exact(tmp_path, reference):
+# A 2 x 2 grid: the victim is one of the four shards, a leaf or a root of its group's sum.
+@pytest.mark.parametrize("layout, actors", [(("--workers", "2"), 2), (("--grid", "2x2"), 4)])
+def test_killed_worker_is_replaced_and_the_result_is_exact(tmp_path, reference, layout, actors):
     out = tmp_path / "g"
-    proc = start(tmp_path, out)
+    proc = start(tmp_path, out, layout)
     wait_for_tiles(proc, out, 10)
     victims = shard_processes()
-    assert victims, "no shard actor process found"
-    os.kill(victims[0].pid, signal.SIGKILL)
+    assert len(victims) == actors, "not every shard actor found"
+    os.kill(victims[-1].pid, signal.SIGKILL)
     assert tiles_written(out) < TILES, "the job finished before the kill: make it longer"
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr

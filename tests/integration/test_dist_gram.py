@@ -28,11 +28,11 @@ MODELS = {
 }
 
 
-def config(model: dict, workers: int | None = 2, **gram):
+def config(model: dict, workers: int | None = 2, grid: tuple[int, int] | None = None, **gram):
     return build_config({
         "model": {"dtype": "float64", **model},
         "data": {"source": "sphere", "n": 37, "d": 10},
-        "dist": {"workers": workers},
+        "dist": {"workers": workers, "grid": grid},
         "gram": {"tile": 10, **gram},
         "tracking": {"wandb": False},
     }, source="test")
@@ -57,24 +57,30 @@ def test_a_deep_net_on_any_worker_count_gives_the_closed_form(ray_cluster, tmp_p
     layers = [{"m": 24, "mode": "sketch_in", "k": 4, "sketch": "srht"},
               {"m": 30, "mode": "lowrank", "k": 5}, {"m": 41, "mode": "dense"}]
     ref = None
-    for workers in (None, 2, 3):
-        cfg = config({"layers": layers, "train_output": True}, workers=workers)
+    for grid in (None, (2, 1), (3, 1), (2, 2)):
+        cfg = config({"layers": layers, "train_output": True}, workers=None, grid=grid)
         ref = reference(cfg) if ref is None else ref
-        summary = run_gram_job(cfg, tmp_path / f"w{workers}", progress=False)
-        assert summary["depth"] == 3 and summary["workers"] == (workers or 1)
-        np.testing.assert_allclose(load_gram(tmp_path / f"w{workers}"), ref, rtol=0,
+        summary = run_gram_job(cfg, tmp_path / f"g{grid}", progress=False)
+        assert summary["depth"] == 3 and summary["grid"] == (None if grid is None else list(grid))
+        np.testing.assert_allclose(load_gram(tmp_path / f"g{grid}"), ref, rtol=0,
                                    atol=1e-10 * np.abs(ref).max())
 
 
+# (width shards, row groups): None in this process; 3 x 2 sums 3 partials by a two-level tree
+# in each of two row groups.
+GRIDS = (None, (1, 1), (2, 1), (1, 2), (2, 2), (3, 2))
+
+
 @pytest.mark.parametrize("mode", MODELS)
-def test_any_worker_count_gives_the_single_process_gram(ray_cluster, tmp_path, mode):
+def test_any_grid_gives_the_single_process_gram(ray_cluster, tmp_path, mode):
     ref = None
-    for workers in (None, 1, 2, 4):  # None: in this process
-        cfg = config(MODELS[mode], workers=workers)
+    for grid in GRIDS:
+        cfg = config(MODELS[mode], workers=None, grid=grid)
         ref = reference(cfg) if ref is None else ref
-        summary = run_gram_job(cfg, tmp_path / f"w{workers}", progress=False)
-        h = load_gram(tmp_path / f"w{workers}")
+        summary = run_gram_job(cfg, tmp_path / f"g{grid}", progress=False)
+        h = load_gram(tmp_path / f"g{grid}")
         assert np.abs(h - ref).max() <= 1e-10 * np.abs(ref).max()
+        assert summary["workers"] == (1 if grid is None else grid[0] * grid[1])
         assert summary["tiles"] == 10 and summary["tiles_computed"] == 10
         assert summary["lambda_min"] == pytest.approx(np.linalg.eigvalsh(ref)[0], rel=1e-8)
 
@@ -194,7 +200,9 @@ def test_iterative_spectrum_streams_tiles(ray_cluster, tmp_path):
 
 @pytest.mark.parametrize("args,needle", [
     (["--workers", "0"], "dist.workers"),
-    (["--workers", "400"], "dist.workers: 400 workers but only m=300"),
+    (["--grid", "400x1", "--workers", "400"], "dist.grid: 400 width shards but only m=300"),
+    (["--grid", "2x2", "--workers", "3"], "dist.grid: 2 x 2 = 4 actors, but dist.workers = 3"),
+    (["--grid", "1x0"], "dist.grid.1"),
     (["--workers", "2", "--tile", "0"], "gram.tile"),
     (["--workers", "2", "--tile", "38"], "gram.tile: 38 rows per tile exceeds the n=37"),
     (["--tile", "38"], "gram.tile: 38 rows per tile exceeds the n=37"),

@@ -88,6 +88,7 @@ BAD = [
     ({"data": {"test_fraction": 1.0}}, [], "data.test_fraction"),
     ({}, ["train.steps"], "expected key.sub=value"),
     ({}, ["train.lr=-1"], "train.lr"),
+    ({}, ["dist.grid=[2,2]"], "dist.grid: shapes the actors of fntk gram"),
     ({}, ["model.bogus=1"], "model.bogus: unknown key"),
     ({"data": {"path": "/nonexistent/x.parquet"}}, [], "/nonexistent/x.parquet"),
     ({"model": {"mode": "sketch_in", "k": 64, "sketch": "srht"}, "data": {"d": 8}}, [],

@@ -100,6 +100,7 @@ def test_a_stopped_solve_resumes_to_the_same_result(tmp_path):
     ("regress.rank=201", "regress.rank: 201 columns of H asked for, but there are only n=200"),
     ("data.test_fraction=0", "regress.test_metrics: the data has no test rows"),
     ("regress.rtol=0", "regress.rtol"),
+    ("dist.grid=[1,2]", "dist.grid: shapes the actors of fntk gram"),
 ])
 def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys, override, match):
     code = main(["regress", str(_write(tmp_path, RAW)), override, "--out",
