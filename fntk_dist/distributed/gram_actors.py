@@ -30,13 +30,12 @@ import ray
 import torch
 
 from ..config import RunConfig
-from ..errors import ConfigError
 from ..gram.executor import Span, span_partial
 from ..models.config import ModelConfig
 from ..ntk import GramPartial
 from ..runtime import peak_rss_bytes, rss_bytes
-from .cluster import connect
 from .parallelize import shard_ranges
+from .shards import Placed, connect_and_place, start_shards
 
 
 @ray.remote
@@ -74,52 +73,24 @@ class GramShard:
         return peak_rss_bytes(), self.base_rss
 
 
-def placement(device: str, workers: int, resources: dict) -> tuple[str, dict]:
-    """(device of each actor, its Ray resource request) for gram.device on this cluster.
-
-    cpu: a share of the CPUs even on a GPU cluster; cuda: a GPU per actor, which the cluster
-    must have; auto: a GPU per actor when there are enough, else CPUs.
-    """
-    gpus = resources.get("GPU", 0)
-    if device == "cuda" and gpus < workers:
-        raise ConfigError(f"gram.device: cuda needs a GPU for each of the {workers} workers, "
-                          f"but the Ray cluster has {gpus:g}")
-    if device == "cuda" or (device == "auto" and gpus >= workers):
-        return "cuda", {"num_gpus": 1}
-    return "cpu", {"num_cpus": min(1.0, resources.get("CPU", 1) / workers)}
-
-
-def connect_for_gram(cfg: RunConfig, workers: int) -> tuple[str, dict]:
-    """Join the cluster of dist.address (else RAY_ADDRESS, else an embedded one) and place the
-    actors on it: called before the job writes anything, so a bad address or device leaves no
-    half-made folder."""
-    connect(cfg.dist.address, cfg.dist.connect_timeout_s, min_cpus=workers)
-    return placement(cfg.gram.device, workers, ray.cluster_resources())
+def connect_for_gram(cfg: RunConfig, workers: int) -> Placed:
+    """The cluster joined and the actors placed by gram.device (shards.connect_and_place)."""
+    return connect_and_place(cfg, workers, "gram.device")
 
 
 class RayExecutor:
     """A (W, R) grid of GramShard actors, placed by connect_for_gram."""
 
     def __init__(self, cfg: RunConfig, grid: tuple[int, int], x: torch.Tensor,
-                 placed: tuple[str, dict]) -> None:
-        self.device, request = placed
+                 placed: Placed) -> None:
+        self.device = placed[0]
         self.in_flight = cfg.gram.in_flight
-        options = dict(max_restarts=-1, max_task_retries=-1, scheduling_strategy="SPREAD",
-                       **request)
         # Held for the whole job: every tile call (a retried one too) passes it.
         self.x_ref = ray.put(x.numpy())
-        model = cfg.model.model_dump(mode="json")
         width, rows = grid
-        self.groups = [
-            [GramShard.options(**options).remote(model, x.shape[1], neurons, cfg.gram.block,
-                                                 self.device)
-             for neurons in shard_ranges(cfg.model.m, width)]
-            for _ in range(rows)
-        ]
-        shards = [s for group in self.groups for s in group]
-        # Waits until every shard is built and holds the points, so the job times tile work
-        # alone.
-        ray.get([s.load.remote(self.x_ref) for s in shards])
+        shards = start_shards(GramShard, cfg, shard_ranges(cfg.model.m, width) * rows,
+                              x.shape[1], cfg.gram.block, placed, self.x_ref)
+        self.groups = [shards[r * width:(r + 1) * width] for r in range(rows)]
         self.nodes = sorted({ip for _, ip in ray.get([s.where.remote() for s in shards])})
 
     def _tile(self, group: list, span: Span) -> ray.ObjectRef:

@@ -25,9 +25,8 @@ from ..ntk.gram_terms import unit_readout
 from ..ntk.rank_term import rank_factor, rank_matvec, trains_rank
 from ..regress.operator import row_spans, tiled_outputs
 from ..runtime import peak_rss_bytes
-from .cluster import connect
-from .gram_actors import placement
 from .parallelize import shard_ranges
+from .shards import Placed, connect_and_place, start_shards
 
 F64 = torch.float64
 
@@ -96,29 +95,21 @@ class MatvecShard:
         return ray.util.get_node_ip_address()
 
 
-def connect_for_regress(cfg: RunConfig, workers: int) -> tuple[str, dict]:
-    """Join the cluster (dist.address, else RAY_ADDRESS, else an embedded one) and place the
-    actors (regress.device), before the job writes anything."""
-    connect(cfg.dist.address, cfg.dist.connect_timeout_s, min_cpus=workers)
-    return placement(cfg.regress.device, workers, ray.cluster_resources())
+def connect_for_regress(cfg: RunConfig, workers: int) -> Placed:
+    """The cluster joined and the actors placed by regress.device (shards.connect_and_place)."""
+    return connect_and_place(cfg, workers, "regress.device")
 
 
 class RayOperator:
     """`workers` MatvecShard actors over the net's width; the operator of LocalOperator."""
 
-    def __init__(self, cfg: RunConfig, workers: int, x: torch.Tensor,
-                 placed: tuple[str, dict]) -> None:
-        self.device, request = placed
+    def __init__(self, cfg: RunConfig, workers: int, x: torch.Tensor, placed: Placed) -> None:
+        self.device = placed[0]
         self.tile = cfg.regress.tile
         self.x = x
         self.x_ref = ray.put(x.numpy())
-        options = dict(max_restarts=-1, max_task_retries=-1, scheduling_strategy="SPREAD",
-                       **request)
-        model = cfg.model.model_dump(mode="json")
-        self.shards = [MatvecShard.options(**options).remote(model, x.shape[1], neurons,
-                                                             cfg.regress.block, self.device)
-                       for neurons in shard_ranges(cfg.model.m, workers)]
-        ray.get([s.load.remote(self.x_ref) for s in self.shards])
+        self.shards = start_shards(MatvecShard, cfg, shard_ranges(cfg.model.m, workers),
+                                   x.shape[1], cfg.regress.block, placed, self.x_ref)
         self.finisher = cfg.model.build(x.shape[1], neurons=(0, 1))  # features and scale only
         # G over all neurons on the training points: fixed for the whole solve.
         self.g = self._rank(None) if trains_rank(self.finisher) else None

@@ -14,7 +14,7 @@ from fntk_dist.cli.main import main
 from fntk_dist.config import build_config
 from fntk_dist.data import load_dataset
 from fntk_dist.distributed.cluster import connect, shutdown
-from fntk_dist.distributed.gram_actors import placement
+from fntk_dist.distributed.shards import placement
 from fntk_dist.errors import ConfigError
 from fntk_dist.gram import TileStore, iter_tiles, load_gram
 from fntk_dist.gram.job import run_gram_job
@@ -158,15 +158,17 @@ def test_ray_actors_honour_gram_device(ray_cluster, tmp_path):
                          progress=False)
 
 
-def test_placement_of_actors_by_gram_device():
+def test_placement_of_actors_by_the_device_setting():
     one_gpu = {"CPU": 8.0, "GPU": 1.0}
-    assert placement("cpu", 2, one_gpu) == ("cpu", {"num_cpus": 1.0})
-    assert placement("cpu", 16, one_gpu) == ("cpu", {"num_cpus": 0.5})
-    assert placement("auto", 2, one_gpu) == ("cpu", {"num_cpus": 1.0})
-    assert placement("auto", 1, one_gpu) == ("cuda", {"num_gpus": 1})
-    assert placement("cuda", 1, one_gpu) == ("cuda", {"num_gpus": 1})
+    assert placement("cpu", 2, one_gpu, "gram.device") == ("cpu", {"num_cpus": 1.0})
+    assert placement("cpu", 16, one_gpu, "gram.device") == ("cpu", {"num_cpus": 0.5})
+    assert placement("auto", 2, one_gpu, "gram.device") == ("cpu", {"num_cpus": 1.0})
+    assert placement("auto", 1, one_gpu, "gram.device") == ("cuda", {"num_gpus": 1})
+    assert placement("cuda", 1, one_gpu, "gram.device") == ("cuda", {"num_gpus": 1})
     with pytest.raises(ConfigError, match="each of the 2 workers, but the Ray cluster has 1$"):
-        placement("cuda", 2, one_gpu)
+        placement("cuda", 2, one_gpu, "gram.device")
+    with pytest.raises(ConfigError, match="^regress.device: cuda needs"):  # the job's own field
+        placement("cuda", 2, one_gpu, "regress.device")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

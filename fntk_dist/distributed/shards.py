@@ -1,0 +1,56 @@
+"""Width-shard actors on the Ray cluster: where they go and how they start.
+
+The Gram's grid (gram_actors) and the regression's operator (matvec_actors) both run actors
+that own a neuron range of the net, rebuild it from the seed (no weights travel) and keep a
+copy of the points, which are put in the object store once. Actors have unlimited restarts and
+task retries: Ray rebuilds a killed shard and runs its calls in flight again.
+"""
+
+from __future__ import annotations
+
+import ray
+
+from ..config import RunConfig
+from ..errors import ConfigError
+from .cluster import connect
+
+Placed = tuple[str, dict]  # (device of each actor, its Ray resource request)
+
+
+def placement(device: str, workers: int, resources: dict, field: str) -> Placed:
+    """Where `workers` actors go for the device setting `field` (gram.device, regress.device).
+
+    cpu: a share of the CPUs even on a GPU cluster; cuda: a GPU per actor, which the cluster
+    must have; auto: a GPU per actor when there are enough, else CPUs.
+    """
+    gpus = resources.get("GPU", 0)
+    if device == "cuda" and gpus < workers:
+        raise ConfigError(f"{field}: cuda needs a GPU for each of the {workers} workers, "
+                          f"but the Ray cluster has {gpus:g}")
+    if device == "cuda" or (device == "auto" and gpus >= workers):
+        return "cuda", {"num_gpus": 1}
+    return "cpu", {"num_cpus": min(1.0, resources.get("CPU", 1) / workers)}
+
+
+def connect_and_place(cfg: RunConfig, workers: int, field: str) -> Placed:
+    """Join the cluster of dist.address (else RAY_ADDRESS, else an embedded one) and place the
+    actors on it by the device setting `field`: called before a job writes anything, so a bad
+    address or device leaves no half-made folder."""
+    connect(cfg.dist.address, cfg.dist.connect_timeout_s, min_cpus=workers)
+    section, key = field.split(".")
+    return placement(getattr(getattr(cfg, section), key), workers, ray.cluster_resources(),
+                     field)
+
+
+def start_shards(actor: type, cfg: RunConfig, ranges: list[tuple[int, int]], d: int,
+                 block: int | None, placed: Placed, x_ref: ray.ObjectRef) -> list:
+    """One `actor` per neuron range, built (model, d, neurons, block, device) and holding the
+    points of x_ref when this returns, so a job times its own work alone."""
+    device, request = placed
+    options = dict(max_restarts=-1, max_task_retries=-1, scheduling_strategy="SPREAD",
+                   **request)
+    model = cfg.model.model_dump(mode="json")
+    shards = [actor.options(**options).remote(model, d, neurons, block, device)
+              for neurons in ranges]
+    ray.get([s.load.remote(x_ref) for s in shards])
+    return shards
