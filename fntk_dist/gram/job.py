@@ -25,6 +25,7 @@ from ..identity import differing_keys, identity_hash, run_identity
 from ..runtime import as_dtype, peak_rss_bytes, resolve_device
 from ..track import make_tracker
 from .executor import LocalExecutor, TileExecutor
+from .grid_plan import choose_grid
 from .progress import Watch
 from .summary import CERTIFY, cost_report, spectrum_report
 from .tile_store import TileStore, TileStoreError
@@ -70,7 +71,9 @@ def run_gram_job(cfg: RunConfig, out_dir: Path, progress: bool = True) -> dict:
     data = load_dataset(cfg.data)
     n, d = data.n, data.d
     plan = check_gram(cfg, n, d)
-    grid = plan.grid or (plan.workers, 1)
+    # The actors' shape: dist.grid, else the one of least predicted time (fntk gram --plan).
+    grid = plan.grid or (choose_grid(cfg, n, d, plan.tile, plan.workers) if plan.distributed
+                         else (1, 1))
     out_dir = Path(out_dir)
     identity = gram_identity(cfg, data, plan.tile)
     _check_store(out_dir, identity)
