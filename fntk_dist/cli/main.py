@@ -40,9 +40,9 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--out", type=Path, help="run folder (default: runs/NAME-TIMESTAMP)")
         s.add_argument("--quiet", action="store_true", help="no progress bar")
         s.add_argument("--workers", type=int, metavar="N",
-                       help="run on Ray with N workers (gram: width-shard actors into a tile "
-                            "store; regress: width-shard actors answering the mat-vecs; train: "
-                            "Ray Train + DeepSpeed on the dist.width x dist.data mesh)")
+                       help="run on Ray with N workers (gram: a grid of actors, --grid, into a "
+                            "tile store; regress: width-shard actors answering the mat-vecs; "
+                            "train: Ray Train + DeepSpeed on the dist.width x dist.data mesh)")
         s.add_argument("--address", metavar="ADDR",
                        help="existing Ray cluster (default: RAY_ADDRESS, else embedded)")
         if name == "gram":
@@ -52,8 +52,9 @@ def _parser() -> argparse.ArgumentParser:
                                 "runs nothing")
             s.add_argument("--tile", type=int, metavar="T", help="rows per tile")
             s.add_argument("--grid", type=_grid, metavar="WxR",
-                           help="with --workers W*R: W width shards x R row groups of actors "
-                                "(default: the shape of least predicted time)")
+                           help="W width shards x R row groups of actors, W*R = --workers "
+                                "(which it sets when unset; default: the shape of least "
+                                "predicted time, see --plan)")
         elif name == "train":
             s.add_argument("--resume", action="store_true",
                            help="continue a stopped run in --out from its last checkpoint "
