@@ -164,7 +164,7 @@ def plot_all(df: pd.DataFrame, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = {name: out / f"{name}.png" for name in (
         "lambda0_vs_m", "gram_err_vs_m", "drift_vs_m", "steps_vs_m", "rate_vs_m",
-        "loss_gap_vs_m", "cost_vs_m", "cost_vs_lambda", "test_error_vs_m")}
+        "loss_gap_vs_m", "steps_ratio_vs_m", "cost_vs_m", "cost_vs_lambda", "test_error_vs_m")}
     if "singular" not in df:
         df = df.assign(singular=False)
     _per_dataset(df, paths["lambda0_vs_m"], "lambda_min(H(0))", lambda g: g["lambda_min_0"],
@@ -180,12 +180,18 @@ def plot_all(df: pd.DataFrame, out: Path) -> list[Path]:
                  skip_singular=True, hline=1.0)
     _per_dataset(df, paths["loss_gap_vs_m"], "max_t |log L(t) - log L_lin(t)|",
                  lambda g: g["max_log_loss_gap"], logy=True)
+    _per_dataset(df, paths["steps_ratio_vs_m"], "steps to target / L_lin's steps",
+                 lambda g: g["steps_to_target"].astype(float)
+                 / g["predicted_steps_to_target"].astype(float), hline=1.0)
     _cost(df, paths["cost_vs_m"])
     _cost_vs_lambda(df, paths["cost_vs_lambda"])
     _test_error(df, paths["test_error_vs_m"])
     if df["depth"].nunique() > 1:
         paths["lambda0_vs_depth"] = out / "lambda0_vs_depth.png"
         _vs_depth(df, paths["lambda0_vs_depth"])
+    if df["k"].dropna().nunique() > 1:
+        paths["drift_vs_k"] = out / "drift_vs_k.png"
+        _drift_vs_k(df, paths["drift_vs_k"])
     return list(paths.values())
 
 
@@ -207,6 +213,36 @@ def _vs_depth(df: pd.DataFrame, path: Path) -> None:
                 xlabel="hidden layers L", logx=False)
         for ax in (axes[0][j], axes[1][j]):
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    _save(fig, path)
+
+
+def _drift_vs_k(df: pd.DataFrame, path: Path) -> None:
+    """Gram drift against the rank: a column per dataset and family (mode and sketch), a line
+    per width; drift / lambda_min(H(0)) on top (singular trials left out), ||H(t) - H(0)||
+    below. Where the drift is set by k rather than m (the shared V of sketch_out and lowrank)
+    the widths' lines lie on each other."""
+    sketches = df["sketch"].dropna().nunique() > 1
+    ranked = df[df["k"].notna()]
+    ranked = ranked.assign(family=ranked.apply(lambda r: series_label(r, sketches, rank=False),
+                                               axis=1),
+                           series=ranked["m"].map(lambda m: f"m={int(m)}"))
+    cells = [c for c, g in ranked.groupby(["dataset", "family"]) if g["k"].nunique() > 1]
+    widths = sorted(ranked["m"].unique())
+    colours = plt.get_cmap("viridis")(np.linspace(0.0, 0.85, len(widths)))
+    styles = {f"m={int(m)}": (colours[i], _MARKERS[i % len(_MARKERS)])
+              for i, m in enumerate(widths)}
+    fig, axes = plt.subplots(2, len(cells), figsize=(4.2 * len(cells), 6.8), dpi=DPI,
+                             squeeze=False)
+    for j, (ds, fam) in enumerate(cells):
+        sub = ranked[(ranked["dataset"] == ds) & (ranked["family"] == fam)]
+        _lines(axes[0][j], sub[~sub["singular"]], lambda g: g["max_drift_over_lmin"], styles,
+               x="k")
+        axes[0][j].axhline(0.5, color="k", lw=0.8, ls="--")
+        _finish(axes[0][j], f"{ds}, {fam}", "max_t ||H(t) - H(0)|| / lambda_min(H(0))",
+                logy=True, xlabel="rank k")
+        _lines(axes[1][j], sub, lambda g: g["max_gram_drift"], styles, x="k")
+        _finish(axes[1][j], f"{ds}, {fam}", "max_t ||H(t) - H(0)||_2", logy=True,
+                xlabel="rank k")
     _save(fig, path)
 
 

@@ -101,6 +101,7 @@ _SLOPES = [
     ("drift/lmax", lambda g: g["max_gram_drift"] / g["lambda_max_0"]),
     ("rel w move", lambda g: g["max_rel_weight_change"]),
     ("lambda_min(H0)", lambda g: g["lambda_min_0"]),
+    ("drift", lambda g: g["max_gram_drift"]),  # ||H(t) - H(0)||_2 itself, no scale
 ]
 
 
