@@ -8,17 +8,13 @@ One worker group trains several configs in turn (train_shard is what every rank 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-import ray
-import ray.cloudpickle
-import ray.train
 import wandb_records
 import yaml
-from ray.train.torch import TorchConfig, TorchTrainer
+from mesh_fit import fit
 
 from fntk_dist.cli.main import main
 from fntk_dist.config import RunConfig, build_config
@@ -26,9 +22,6 @@ from fntk_dist.distributed.cluster import connect, shutdown
 from fntk_dist.train.job import run_train_job
 
 ASSETS = Path(__file__).parents[1] / "assets"
-
-# The loop function below is shipped by value: workers cannot import this test module.
-ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 MODELS = {
     "dense": {"mode": "dense"},
@@ -47,31 +40,6 @@ def config(model: dict, steps: int = 50, **over) -> RunConfig:
     for section, values in over.items():
         raw.setdefault(section, {}).update(values)
     return build_config(raw, source="test")
-
-
-def train_configs(loop_config: dict) -> None:
-    from fntk_dist.distributed.train_worker import init_mesh, train_shard
-
-    mesh = init_mesh(loop_config["width"], loop_config["data"])
-    for name, raw in loop_config["cfgs"].items():
-        train_shard(RunConfig.model_validate(raw), Path(loop_config["out"]) / name, mesh)
-
-
-def fit(tmp_path: Path, cfgs: dict[str, RunConfig], width: int, data: int) -> Path:
-    """Train every config on one width x data worker group; returns the folder of their runs."""
-    out = tmp_path / f"mesh_{width}x{data}"
-    trainer = TorchTrainer(
-        train_configs,
-        train_loop_config={"width": width, "data": data, "out": str(out),
-                           "cfgs": {k: c.model_dump(mode="json") for k, c in cfgs.items()}},
-        torch_config=TorchConfig(backend="gloo"),
-        scaling_config=ray.train.ScalingConfig(num_workers=width * data,
-                                               resources_per_worker={"CPU": 1}),
-        run_config=ray.train.RunConfig(name="t", storage_path=str(tmp_path / "ray")),
-    )
-    result = trainer.fit()
-    assert result.error is None
-    return out
 
 
 def losses(run: Path) -> list[float]:

@@ -21,19 +21,13 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-import ray
-import ray.cloudpickle
-import ray.train
 import yaml
-from ray.train.torch import TorchConfig, TorchTrainer
+from mesh_fit import fit
 
 from fntk_dist.config import RunConfig, build_config
 from fntk_dist.distributed.cluster import connect, shutdown
 from fntk_dist.distributed.train_job import last_checkpoint_step
 from fntk_dist.train.job import run_train_job
-
-# The loop function below is shipped by value: workers cannot import this test module.
-ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 N, D, K = 16, 5, 4
 NETS = {
@@ -76,28 +70,9 @@ def data_bytes(cfg: RunConfig) -> int:
     return 8 * sum(p.numel() for p in net.parameters() if p.requires_grad)
 
 
-def train_configs(loop_config: dict) -> None:
-    from fntk_dist.distributed.train_worker import init_mesh, train_shard
-
-    mesh = init_mesh(loop_config["width"], loop_config["data"])
-    for name, raw in loop_config["cfgs"].items():
-        train_shard(RunConfig.model_validate(raw), Path(loop_config["out"]) / name, mesh)
-
-
-def fit(tmp_path: Path, width: int, data: int, cfgs: dict[str, RunConfig] | None = None) -> Path:
-    cfgs = cfgs or {k: config(v) for k, v in NETS.items()}
-    out = tmp_path / f"mesh_{width}x{data}"
-    trainer = TorchTrainer(
-        train_configs,
-        train_loop_config={"width": width, "data": data, "out": str(out),
-                           "cfgs": {k: c.model_dump(mode="json") for k, c in cfgs.items()}},
-        torch_config=TorchConfig(backend="gloo"),
-        scaling_config=ray.train.ScalingConfig(num_workers=width * data,
-                                               resources_per_worker={"CPU": 1}),
-        run_config=ray.train.RunConfig(name="t", storage_path=str(tmp_path / "ray")),
-    )
-    assert trainer.fit().error is None
-    return out
+def fit_nets(tmp_path: Path, width: int, data: int,
+             cfgs: dict[str, RunConfig] | None = None) -> Path:
+    return fit(tmp_path, cfgs or {k: config(v) for k, v in NETS.items()}, width, data)
 
 
 def rows(run: Path) -> list[dict]:
@@ -122,7 +97,7 @@ def single_process(tmp_path_factory) -> dict[str, Path]:
 @pytest.mark.parametrize("width,data", [(1, 1), (2, 1), (1, 2)])
 def test_a_deep_net_on_the_mesh_trains_as_in_one_process(ray_cluster, single_process,
                                                          tmp_path, width, data):
-    out = fit(tmp_path, width, data)
+    out = fit_nets(tmp_path, width, data)
     for name, layers in NETS.items():
         ref, got = rows(single_process[name]), rows(out / name)
         assert len(got) == len(ref) == STEPS + 1
@@ -152,7 +127,7 @@ def test_zero_stages_train_a_deep_net_on_a_2x2_mesh(ray_cluster, tmp_path):
         "train": {"steps": 30, "optimizer": "adam", "lr": 0.01, "ntk_every": 10},
         "deepspeed": {"zero_stage": z}, "tracking": {"wandb": False}}, source="test")
         for z in (1, 2, 3)}
-    out = fit(tmp_path, 2, 2, cfgs)
+    out = fit_nets(tmp_path, 2, 2, cfgs)
     final = rows(out / "stage1")[-1]["loss"]
     for name in cfgs:
         got = rows(out / name)
