@@ -210,9 +210,16 @@ def test_a_trial_on_replaced_data_runs_again(tmp_path, capsys):
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_on_a_sweep_is_one_line_and_keeps_finished_trials(tmp_path, signum):
     out = tmp_path / "smoke"
+    # The smoke sweep four times over (seeds 0-3): the signal lands after the first trial and
+    # long before the last, however loaded the machine (10 trials could all end together).
+    raw = yaml.safe_load(SMOKE.read_text())
+    for axes in raw["grid"]:
+        axes["seed"] = [0, 1, 2, 3]
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(yaml.safe_dump(raw))
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fntk_dist.cli.main", "sweep", str(SMOKE), "--out", str(out),
+        [sys.executable, "-m", "fntk_dist.cli.main", "sweep", str(sweep), "--out", str(out),
          "--quiet"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         text=True)
     deadline = time.monotonic() + 120

@@ -78,7 +78,7 @@ def test_train_stops_after_the_step_and_resumes_on_the_same_curve(tmp_path, sign
 def test_gram_keeps_its_tiles_and_the_same_command_continues(tmp_path, signum):
     out = tmp_path / "gram"
     raw = {**RAW, "model": {**RAW["model"], "m": 2048},
-           "data": {"source": "sphere", "n": 400, "d": 32}}
+           "data": {"source": "sphere", "n": 600, "d": 32}}  # 120 tiles: a signal lands mid-job
     proc = fntk(tmp_path, raw, "gram", "--out", str(out), "--tile", "40")
     wait_for(proc, out / "tiles", "t_*.arrow")
     os.kill(proc.pid, signum)
@@ -90,4 +90,4 @@ def test_gram_keeps_its_tiles_and_the_same_command_continues(tmp_path, signum):
     _, err = again.communicate(timeout=300)
     assert again.returncode == 0, err
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["tiles_resumed"] >= 1 and summary["tiles"] == 55
+    assert summary["tiles_resumed"] >= 1 and summary["tiles"] == 120
