@@ -3,12 +3,15 @@
 
     python tools/bench_regress.py [--n 20000 --m 4096 --k 32 --d 256 --repeats 3]
                                   [--cg-n 2048 --cg-m 1024 --rank 256 --ridge 1e-3] [--threads T]
-                                  [--parts matvec,ray,cg]
+                                  [--parts matvec,ray,cg] [--modes sketch_in,lowrank,dense]
 
-Mat-vec: the net of the issue's n = 10^6 target (sketch_in, SRHT, m = 4096, k = 32, float64)
-on n points; GFLOP/s counts its GEMMs (pre-activations 2nmk, the ROWS term 4nmk) against
+Mat-vec: ntk_matvec (two passes over cache-sized tiles of points) against the one-pass scheme
+it replaced (old_matvec below: n x block temporaries per neuron block), timed alternately in
+the same run, on n points for each of --modes (default: the issue's n = 10^6 net, sketch_in
+with SRHT, m = 4096, k = 32, float64; then lowrank and dense at the same m, k). GFLOP/s counts
+the GEMMs of one mat-vec without the recomputed pre-activations (matvec_flops), against
 torch.mm of two 2048 x 2048 float64 matrices timed in the same run (before and after). CG: the
-same net at width cg-m on cg-n points (one data seed per repeat), relative residual 1e-6,
+sketch_in net at width cg-m on cg-n points (one data seed per repeat), relative residual 1e-6,
 preconditioned (rank columns) and plain; iterations and seconds, median [min-max]. Ray
 workers are actors of one CPU each (one torch thread).
 """
@@ -24,10 +27,15 @@ from pathlib import Path
 import torch
 from timing import spread
 
+from fntk_dist import ntk_matvec
 from fntk_dist.config import build_config
 from fntk_dist.data import load_dataset
+from fntk_dist.models.blocks import neuron_blocks
+from fntk_dist.models.groups import Role
+from fntk_dist.models.network import Network
 from fntk_dist.regress.job import run_regress_job
-from fntk_dist.regress.operator import LocalOperator
+
+F64 = torch.float64
 
 
 def gemm_peak(repeats: int, size: int = 2048) -> list[float]:
@@ -43,9 +51,11 @@ def gemm_peak(repeats: int, size: int = 2048) -> list[float]:
 
 
 def raw_config(args: argparse.Namespace, n: int, data_seed: int = 0, m: int | None = None,
-               **regress) -> dict:
-    return {"model": {"mode": "sketch_in", "m": m or args.m, "k": args.k, "sketch": "srht",
-                      "dtype": "float64"},
+               mode: str = "sketch_in", **regress) -> dict:
+    model = {"mode": mode, "m": m or args.m, "dtype": "float64"}
+    model.update({"sketch_in": {"k": args.k, "sketch": "srht"}, "sketch_out": {"k": args.k},
+                  "lowrank": {"k": args.k}, "dense": {}}[mode])
+    return {"model": model,
             "data": {"source": "sphere", "n": n, "d": args.d, "seed": data_seed},
             "regress": {"rtol": 1e-6, "maxiter": 5000, "test_metrics": False, "device": "cpu",
                         **regress},
@@ -62,6 +72,43 @@ def time_matvecs(op, v: torch.Tensor, repeats: int) -> list[float]:
     return out
 
 
+def old_matvec(net: Network, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """H v of a depth-1 net as ntk_matvec computed it before the tiled scheme (one pass over
+    neuron blocks of the default size, each holding n x block pre-activations, D and products
+    for all points at once), kept here only to be timed against it."""
+    layer, a = net.layers[0], net.a.detach()
+    f = layer.features(x)
+    out = torch.zeros(x.shape[0], dtype=F64)
+    g = x.new_zeros(x.shape[0], layer.k or 1)
+    roles = [grp.role for grp in net.groups]
+    with torch.no_grad():
+        for i0, i1 in neuron_blocks(net, None, x.shape[0], net.device):
+            p = layer.preact(f, i0, i1)
+            d = (p > 0).to(net.dtype) * a[i0:i1]
+            for role in roles:
+                if role is Role.ROWS:
+                    out += ((f @ (f.T @ (d * v[:, None]))) * d).sum(dim=1)
+                elif role is Role.RANK:
+                    g += layer.to_rank(d, i0, i1)
+                else:
+                    r = torch.relu(p)
+                    out += r @ (r.T @ v)
+        if Role.RANK in roles:
+            out += ((g @ (g.T @ (x * v[:, None]))) * x).sum(dim=1)
+    return out / net.m
+
+
+def matvec_flops(net: Network, n: int) -> int:
+    """The GEMM flops of one depth-1 mat-vec, pre-activations counted once: 2 n m F for them
+    (F = k, or d for dense), 4 n m F per ROWS term, 2 n m k + 4 n k d for RANK, 4 n m for
+    READOUT, plus 2 n d k for a trained V's features."""
+    layer = net.layers[0]
+    fdim, k, d, m = layer.feature_dim, layer.k or 0, net.d, net.m
+    per_role = {Role.ROWS: 4 * m * fdim, Role.RANK: 2 * m * k + 4 * k * d, Role.READOUT: 4 * m}
+    feats = 2 * d * k if layer.mode in ("lowrank", "sketch_out") else 0
+    return n * (2 * m * fdim + feats + sum(per_role[g.role] for g in net.groups))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=20000)
@@ -76,6 +123,8 @@ def main() -> None:
     ap.add_argument("--parts", default="matvec,ray,cg",
                     help="which parts to run: matvec (vs the GEMM peak), ray (1 vs 2 workers), "
                          "cg (iterations with and without the preconditioner)")
+    ap.add_argument("--modes", default="sketch_in,lowrank,dense",
+                    help="the nets of the matvec part (m, k as given; sketch_in with SRHT)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads in this process (GEMM peak, mat-vec, CG); on a shared "
                          "machine 1 avoids OpenMP threads waiting on each other")
@@ -90,25 +139,42 @@ def main() -> None:
         data = load_dataset(cfg.data)
         x, v = torch.as_tensor(data.x), torch.as_tensor(data.y)
         if "matvec" in parts:
-            bench_matvec(args, cfg, x, v)
+            bench_matvec(args, x, v)
         if "ray" in parts:
             bench_workers(args, x, v)
     if "cg" in parts:
         bench_cg(args)
 
 
-def bench_matvec(args: argparse.Namespace, cfg, x: torch.Tensor, v: torch.Tensor) -> None:
-    flops = 6 * args.n * args.m * args.k  # GEMMs of one mat-vec
+def bench_matvec(args: argparse.Namespace, x: torch.Tensor, v: torch.Tensor) -> None:
     peak = gemm_peak(args.repeats)
-    local = LocalOperator(cfg.model.build(args.d), x, None, cfg.regress.tile)
-    secs = time_matvecs(local, v, args.repeats)
+    rates: dict[str, tuple[list[float], list[float]]] = {}
+    for mode in args.modes.split(","):
+        net = build_config(raw_config(args, args.n, mode=mode), source="bench").model.build(args.d)
+        xn = x.to(net.dtype)
+        new, old = ntk_matvec(net, xn, v), old_matvec(net, xn, v)  # warm-up, and the check
+        diff = float((new - old).norm() / old.norm())
+        secs: dict[str, list[float]] = {"old": [], "new": []}
+        for _ in range(args.repeats):  # alternately, so that both see the same load
+            for name, fn in (("old", old_matvec), ("new", ntk_matvec)):
+                t0 = time.perf_counter()
+                fn(net, xn, v)
+                secs[name].append(time.perf_counter() - t0)
+        flops = matvec_flops(net, args.n)
+        rates[mode] = tuple([flops / s / 1e9 for s in secs[k]] for k in ("old", "new"))
+        speedup = [o / n for o, n in zip(secs["old"], secs["new"])]
+        print(f"mat-vec {mode} n={args.n} m={args.m} k={net.layers[0].k} d={args.d} "
+              f"({flops / 1e9:.1f} GFLOP of GEMMs): one-pass {spread(secs['old'], '{:.3f}')} s, "
+              f"tiled {spread(secs['new'], '{:.3f}')} s, speedup {spread(speedup, '{:.2f}')}x "
+              f"(relative difference {diff:.1e})")
     peak_after = gemm_peak(args.repeats)  # the machine is shared: the peak before and after
-    rate = [flops / s / 1e9 for s in secs]
     print(f"float64 GEMM peak (2048^3): before {spread(peak, '{:.1f}')} GFLOP/s, after "
           f"{spread(peak_after, '{:.1f}')}")
-    print(f"mat-vec n={args.n} m={args.m} k={args.k} d={args.d}: {spread(secs, '{:.3f}')} s, "
-          f"{spread(rate, '{:.1f}')} GFLOP/s = "
-          f"{statistics.median(rate) / statistics.median(peak + peak_after):.2f} of the peak")
+    top = statistics.median(peak + peak_after)
+    for mode, (old, new) in rates.items():
+        print(f"  {mode}: one-pass {spread(old, '{:.1f}')} GFLOP/s = "
+              f"{statistics.median(old) / top:.2f} of the peak; tiled {spread(new, '{:.1f}')} "
+              f"GFLOP/s = {statistics.median(new) / top:.2f}")
 
 
 def bench_workers(args: argparse.Namespace, x: torch.Tensor, v: torch.Tensor) -> None:

@@ -2,11 +2,19 @@
 with x2, the cross-Gram's H(X, X2) v the same way (X2's factors on the right).
 
 Depth 1, per neuron block b, with D_b = S_b diag(a_b) and features F (X or Z):
-    ROWS:    (1/m) rowsum(D_b o (F (F^T diag(v) D_b)))
-    READOUT: (1/m) R_b (R_b^T v)
-    RANK:    (1/m) rowsum((G (G^T diag(v) A)) o A), with G = sum_b D_b U_b over all blocks
-             first and A the layer's input.
-Memory O(n * (block + d + k)); one pass over the neurons per call.
+    ROWS:    (1/m) rowsum(D_b o (F M_b)),  M_b = F^T diag(v) D_b               (dim F x b)
+    READOUT: (1/m) R_b c_b,                c_b = R_b^T v                       (b)
+    RANK:    (1/m) rowsum((G A) o X),      A = G^T diag(v) X, G = sum_b D_b U_b  (k x d)
+in two passes over tiles of points, each tile neuron block by neuron block: the first sums
+M_b, c_b and A over the tiles of X2 (every tile's G summed over all blocks first), the second
+gives each tile's rows of the product from them, its pre-activations computed again. A tile's
+pre-activations, D and products (tile x block each) stay in cache between the GEMMs that read
+them, where a pass over all points would stream n x block temporaries through memory (2.5-3.3x
+faster for a factorized net on one CPU core: tools/bench_regress.py). The pre-activations cost
+a third more GEMM work, and a single tile (a GPU's default) is the one-pass order.
+Memory per call: O(tile x block) of temporaries and O(dim F x m + k x d) of sums (per column
+of v; columns go in rounds of at most STATE_FLOATS), beyond the n x dim F features, the n x k
+G of a trained V (kept from pass 1 when X2 = X) and the output.
 
 Deeper, every term is (P P^T) o (Q Q^T) for per-point factors (deep_terms), and
 [(P P^T) o (Q Q^T)] v = rowsum(P o (Q M^T)) with M = P^T diag(v) Q: O(n p q) per term, the
@@ -31,84 +39,190 @@ from .empirical import point_tile
 F64 = torch.float64
 
 
-class _Block(NamedTuple):
+# CPU working set of one (tile of points, block of neurons) step: the block's pre-activations,
+# D and the products are tile x block each; about this many activations (1 MiB in float64,
+# one core's L2) stay in cache between the GEMMs that read them, where n x block temporaries
+# would stream through memory (the mat-vec ran at a tenth of the GEMM peak that way).
+CPU_TILE_ACTIVATIONS = 1 << 17
+CPU_BLOCK = 512  # neurons per block on the CPU unless `block` says otherwise
+MIN_TILE = 64
+# The per-column state kept between the two passes (M, dim F x m for the ROWS term) is held
+# for at most this many floats (32 MiB in float64); more columns of v go in several rounds.
+STATE_FLOATS = 1 << 22
+
+
+class _Step(NamedTuple):
+    """One neuron block [i0, i1) on one tile of points."""
+
     i0: int
     i1: int
-    p: torch.Tensor  # pre-activations (n1, b) of the rows' points X1
-    d: torch.Tensor  # D_b = S_b diag(a_b): the block's backprop signal, times sqrt(m)
-    p2: torch.Tensor  # the same for the columns' points X2 (p and d themselves when X2 = X1)
-    d2: torch.Tensor
+    r: torch.Tensor  # the ReLUs of the pre-activations (tile, i1 - i0)
+    d: torch.Tensor  # D = S diag(a): the block's backprop signal, times sqrt(m)
 
 
 class _Rows:
-    def __init__(self, feats: torch.Tensor, feats2: torch.Tensor) -> None:
-        self.f, self.f2 = feats, feats2
+    """Pass 1: M_b += F_t^T (D_t v_t); pass 2: out_t += rowsum((F_t M_b) o D_t)."""
 
-    def add(self, out: torch.Tensor, vv: torch.Tensor, b: _Block) -> None:
-        for j in range(vv.shape[1]):
-            m_j = self.f2.T @ (b.d2 * vv[:, j : j + 1])  # (dim F, B)
-            out[:, j] += ((self.f @ m_j) * b.d).sum(dim=1).to(F64)
+    def __init__(self, f: torch.Tensor, f2: torch.Tensor, blocks: list[tuple[int, int]],
+                 cols: int) -> None:
+        self.f, self.f2 = f, f2
+        self.m = [f.new_zeros(cols, f.shape[1], i1 - i0) for i0, i1 in blocks]
 
-    def finish(self, out: torch.Tensor, vv: torch.Tensor) -> None:
+    def gather(self, bi: int, s: _Step, t0: int, t1: int, vt: torch.Tensor) -> None:
+        ft = self.f2[t0:t1]
+        for j in range(vt.shape[1]):
+            self.m[bi][j] += ft.T @ (s.d * vt[:, j : j + 1])
+
+    def apply(self, bi: int, s: _Step, t0: int, t1: int, out: torch.Tensor) -> None:
+        ft = self.f[t0:t1]
+        for j in range(out.shape[1]):
+            out[:, j] += ((ft @ self.m[bi][j]) * s.d).sum(dim=1).to(F64)
+
+    def end_gather(self, t0: int, t1: int, vt: torch.Tensor) -> None:
+        pass
+
+    def start_apply(self, t0: int, t1: int) -> None:
+        pass
+
+    def end_apply(self, t0: int, t1: int, out: torch.Tensor) -> None:
         pass
 
 
 class _Readout:
-    def add(self, out: torch.Tensor, vv: torch.Tensor, b: _Block) -> None:
-        r2 = torch.relu(b.p2)
-        r1 = r2 if b.p is b.p2 else torch.relu(b.p)
-        out += (r1 @ (r2.T @ vv)).to(F64)
+    """Pass 1: c_b += R_t^T v_t; pass 2: out_t += R_t c_b (R = relu of the pre-activations)."""
 
-    def finish(self, out: torch.Tensor, vv: torch.Tensor) -> None:
+    def __init__(self, like: torch.Tensor, blocks: list[tuple[int, int]], cols: int) -> None:
+        self.c = [like.new_zeros(i1 - i0, cols) for i0, i1 in blocks]
+
+    def gather(self, bi: int, s: _Step, t0: int, t1: int, vt: torch.Tensor) -> None:
+        self.c[bi] += s.r.T @ vt
+
+    def apply(self, bi: int, s: _Step, t0: int, t1: int, out: torch.Tensor) -> None:
+        out += (s.r @ self.c[bi]).to(F64)
+
+    def end_gather(self, t0: int, t1: int, vt: torch.Tensor) -> None:
+        pass
+
+    def start_apply(self, t0: int, t1: int) -> None:
+        pass
+
+    def end_apply(self, t0: int, t1: int, out: torch.Tensor) -> None:
         pass
 
 
 class _Rank:
-    def __init__(self, layer: Layer, inputs: torch.Tensor, inputs2: torch.Tensor) -> None:
-        self.layer, self.x, self.x2 = layer, inputs, inputs2
-        self.g = inputs.new_zeros(inputs.shape[0], layer.k)
-        self.g2 = self.g if inputs2 is inputs else inputs2.new_zeros(inputs2.shape[0], layer.k)
+    """G_t = sum_b D_b U_b over all blocks of a tile; pass 1: A += G_t^T (X_t o v_t) (k x d);
+    pass 2: out_t += rowsum((G_t A) o X_t). With X2 = X the tiles' G from pass 1 are kept
+    (n x k, no more than the features) rather than computed again."""
 
-    def add(self, out: torch.Tensor, vv: torch.Tensor, b: _Block) -> None:
-        self.g += self.layer.to_rank(b.d, b.i0, b.i1)
-        if self.g2 is not self.g:
-            self.g2 += self.layer.to_rank(b.d2, b.i0, b.i1)
+    def __init__(self, layer: Layer, x: torch.Tensor, x2: torch.Tensor, cols: int) -> None:
+        self.layer, self.x, self.x2 = layer, x, x2
+        self.a = x.new_zeros(cols, layer.k, x.shape[1])
+        self.g = x.new_zeros(0, layer.k)
+        self.kept: dict[int, torch.Tensor] | None = {} if x2 is x else None
 
-    def finish(self, out: torch.Tensor, vv: torch.Tensor) -> None:
-        for j in range(vv.shape[1]):
-            a_j = self.g2.T @ (self.x2 * vv[:, j : j + 1])  # (k, d)
-            out[:, j] += ((self.g @ a_j) * self.x).sum(dim=1).to(F64)
+    def gather(self, bi: int, s: _Step, t0: int, t1: int, vt: torch.Tensor) -> None:
+        if bi == 0:
+            self.g = self.x2.new_zeros(t1 - t0, self.layer.k)
+        self.g += self.layer.to_rank(s.d, s.i0, s.i1)
+
+    def end_gather(self, t0: int, t1: int, vt: torch.Tensor) -> None:
+        xt = self.x2[t0:t1]
+        for j in range(vt.shape[1]):
+            self.a[j] += self.g.T @ (xt * vt[:, j : j + 1])
+        if self.kept is not None:
+            self.kept[t0] = self.g
+
+    def start_apply(self, t0: int, t1: int) -> None:
+        if self.kept is None:
+            self.g = self.x.new_zeros(t1 - t0, self.layer.k)
+        else:
+            self.g = self.kept.pop(t0)
+
+    def apply(self, bi: int, s: _Step, t0: int, t1: int, out: torch.Tensor) -> None:
+        if self.kept is None:
+            self.g += self.layer.to_rank(s.d, s.i0, s.i1)
+
+    def end_apply(self, t0: int, t1: int, out: torch.Tensor) -> None:
+        xt = self.x[t0:t1]
+        for j in range(out.shape[1]):
+            out[:, j] += ((self.g @ self.a[j]) * xt).sum(dim=1).to(F64)
 
 
-def _term(group: Group, layer: Layer, x: torch.Tensor, feats: torch.Tensor,
-          x2: torch.Tensor, feats2: torch.Tensor):
+def _spans(n: int, tile: int) -> list[tuple[int, int]]:
+    return [(i, min(i + tile, n)) for i in range(0, n, tile)]
+
+
+def _sizes(net: Network, rows: int, points: int, block: int | None,
+           tile: int | None) -> tuple[list[tuple[int, int]], int]:
+    """The neuron blocks and the points per tile. CPU: blocks of CPU_BLOCK and tiles that
+    keep tile x block near CPU_TILE_ACTIVATIONS; a GPU: blocks as large as its memory allows
+    (neuron_blocks) and, unless `tile` says otherwise, all points in one tile."""
+    on_cpu = net.device.type == "cpu"
+    if block is None and on_cpu:
+        block = min(net.m_local, CPU_BLOCK)
+    blocks = neuron_blocks(net, block, rows, net.device)
+    if tile is None:
+        width = blocks[0][1] - blocks[0][0]
+        tile = max(MIN_TILE, CPU_TILE_ACTIVATIONS // width) if on_cpu else points
+    elif isinstance(tile, bool) or not isinstance(tile, int) or tile < 1:
+        raise ValueError(f"tile: expected an integer >= 1, got {tile!r}")
+    return blocks, max(1, tile)
+
+
+def _steps(layer: Layer, a: torch.Tensor, feats: torch.Tensor, t0: int, t1: int,
+           blocks: list[tuple[int, int]]):
+    ft = feats[t0:t1]
+    for i0, i1 in blocks:
+        r = torch.relu(layer.preact(ft, i0, i1))
+        # S = sign(relu(p)), the same 0/1 as (p > 0) at a third of its cost on the CPU
+        # (a comparison writes bools, which then need a conversion).
+        yield _Step(i0, i1, r, torch.sign(r).mul_(a[i0:i1]))
+
+
+def _term(group: Group, layer: Layer, x: torch.Tensor, feats: torch.Tensor, x2: torch.Tensor,
+          feats2: torch.Tensor, blocks: list[tuple[int, int]], cols: int):
     if group.role is Role.ROWS:
-        return _Rows(feats, feats2)
+        return _Rows(feats, feats2, blocks, cols)
     if group.role is Role.RANK:
-        return _Rank(layer, x, x2)
-    return _Readout()
+        return _Rank(layer, x, x2, cols)
+    return _Readout(feats, blocks, cols)
 
 
 def _depth1(net: Network, x: torch.Tensor, x2: torch.Tensor | None, vv: torch.Tensor,
-            out: torch.Tensor, block: int | None) -> None:
-    """The two-layer net's H(X, X2) v into out, neuron block by neuron block."""
+            out: torch.Tensor, block: int | None, tile: int | None) -> None:
+    """The two-layer net's H(X, X2) v into out in two passes over tiles of points, each tile
+    neuron block by neuron block: the first (over X2) sums every term's parameter-sized M,
+    the second (over X) gives each tile's rows of the product, the pre-activations computed
+    again. Columns of v go in rounds of at most STATE_FLOATS of M."""
     layer = net.layers[0]
     a = net.a.detach()
     f = layer.features(x)
     f2 = f if x2 is None else layer.features(x2)
     x2 = x if x2 is None else x2
-    terms = [_term(g, layer, x, f, x2, f2) for g in net.groups]
     rows = x.shape[0] + (0 if x2 is x else x2.shape[0])
-    for i0, i1 in neuron_blocks(net, block, rows, net.device):
-        p = layer.preact(f, i0, i1)
-        d = (p > 0).to(net.dtype) * a[i0:i1]
-        p2 = p if x2 is x else layer.preact(f2, i0, i1)
-        d2 = d if x2 is x else (p2 > 0).to(net.dtype) * a[i0:i1]
-        b = _Block(i0, i1, p, d, p2, d2)
-        for t in terms:
-            t.add(out, vv, b)
-    for t in terms:
-        t.finish(out, vv)
+    blocks, tile = _sizes(net, rows, max(x.shape[0], x2.shape[0]), block, tile)
+    per_col = f.shape[1] * net.m_local + net.m_local + (layer.k or 0) * x.shape[1]
+    per_round = max(1, STATE_FLOATS // per_col)
+    for c0 in range(0, vv.shape[1], per_round):
+        c1 = min(c0 + per_round, vv.shape[1])
+        terms = [_term(g, layer, x, f, x2, f2, blocks, c1 - c0) for g in net.groups]
+        for t0, t1 in _spans(x2.shape[0], tile):
+            vt = vv[t0:t1, c0:c1]
+            for bi, s in enumerate(_steps(layer, a, f2, t0, t1, blocks)):
+                for t in terms:
+                    t.gather(bi, s, t0, t1, vt)
+            for t in terms:
+                t.end_gather(t0, t1, vt)
+        for t0, t1 in _spans(x.shape[0], tile):
+            ot = out[t0:t1, c0:c1]
+            for t in terms:
+                t.start_apply(t0, t1)
+            for bi, s in enumerate(_steps(layer, a, f, t0, t1, blocks)):
+                for t in terms:
+                    t.apply(bi, s, t0, t1, ot)
+            for t in terms:
+                t.end_apply(t0, t1, ot)
 
 
 def _deep(net: Network, x: torch.Tensor, x2: torch.Tensor | None, vv: torch.Tensor,
@@ -151,8 +265,10 @@ def ntk_matvec(
     """H(X, X) @ v for v of shape (n,) or (n, p), exactly, in float64 accumulation; with x2,
     the cross-Gram's H(X, X2) @ v for v of shape (n2,) or (n2, p) (predictions on new points).
 
-    Depth 1 walks the neurons in blocks of `block`; a deeper net walks its points in tiles of
-    `tile` (default point_tile(net)), memory O(tile x sum of widths + parameters).
+    Depth 1 walks tiles of `tile` points, each in blocks of `block` neurons (defaults: on the
+    CPU in-cache sizes, CPU_BLOCK neurons and CPU_TILE_ACTIVATIONS / block points; on a GPU
+    the blocks its memory allows and all points in one tile). A deeper net walks its points in
+    tiles of `tile` (default point_tile(net)), memory O(tile x sum of widths + parameters).
     """
     if net.depth > 1 and (net.lo, net.hi) != (0, net.m):
         raise ValueError(f"net: holds neurons [{net.lo}, {net.hi}) of {net.m}; the mat-vec of "
@@ -171,6 +287,6 @@ def ntk_matvec(
         if net.depth > 1:
             _deep(net, x, x2, vv, out, tile or point_tile(net))
         else:
-            _depth1(net, x, x2, vv, out, block)
+            _depth1(net, x, x2, vv, out, block, tile)
     out = (out / net.m).to(net.dtype)
     return out[:, 0] if vec else out
