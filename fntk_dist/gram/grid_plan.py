@@ -49,6 +49,9 @@ class Rates:
     finish_flops: float  # FLOP/s of the driver finishing a tile (features, products, Hadamard)
     finish_s: float  # driver seconds per tile besides that (unpickle, store write)
     gpu: bool = False  # the actors' blocks are sized by device memory, not the CPU cache
+    # A what-if of the scaling model, not what the executor does: each group's root finishes
+    # its tiles at its own rate and stores them, so nothing reaches the driver.
+    finish_at_root: bool = False
 
     def rate(self, width: float) -> float:
         """FLOP/s of a kernel whose neuron blocks hold `width` neurons."""
@@ -83,7 +86,7 @@ class Prediction:
     rows: int  # R: row groups
     compute_s: float  # the busiest actor's kernel seconds over the sweep
     comm_s: float  # its group's seconds moving partials (tree levels and the root's send)
-    driver_s: float  # the driver's seconds finishing every tile
+    driver_s: float  # the driver's seconds receiving and finishing every tile
     bytes_per_actor: float  # bytes each actor sends over the sweep (its partial, per tile)
     total_s: float  # predicted wall seconds of the sweep
     efficiency: float  # one actor's seconds / (W * R * these seconds)
@@ -180,9 +183,16 @@ def predict(costs: list[TileCosts], m: int, width: int, rows: int, rates: Rates,
                    + c.per_neuron_flops * shard / rates.rate(inner))
         kernel += c.count * seconds
         send = rates.call_s + c.partial_bytes / rates.link_bytes_s
-        comm += c.count * (levels + 1) * send  # the tree's levels, then the root to the driver
-        finish += c.count * (rates.finish_s + c.finish_flops / rates.finish_flops)
-        moved += c.count * c.partial_bytes
+        finishing = rates.finish_s + c.finish_flops / rates.finish_flops
+        if rates.finish_at_root:
+            kernel += c.count * finishing
+            comm += c.count * levels * send
+        else:
+            comm += c.count * (levels + 1) * send  # the tree, then the root to the driver
+            # The driver takes every tile's sum over its one link, then finishes it.
+            finish += c.count * (finishing + c.partial_bytes / rates.link_bytes_s)
+        if width > 1 or not rates.finish_at_root:  # a lone root that finishes sends nothing
+            moved += c.count * c.partial_bytes
     # Tiles are dealt to the group with the fewest pending: each takes about ceil(T / R) of
     # them, so a group's share of the sweep's work is ceil(T / R) / T.
     share = math.ceil(tiles / rows) / tiles

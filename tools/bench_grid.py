@@ -1,0 +1,75 @@
+"""Benchmark: the Gram on a grid of actors, 1 actor against the 2 x 1 width split and the 1 x 2
+row split, one thread per actor, side by side in one run (issue 15).
+
+    python tools/bench_grid.py [--repeats 3]
+
+Two float64 nets, sketch_in (trained U, a fixed Gaussian sketch V of rank k), each computed by
+real `fntk gram` jobs (run_gram_job on one embedded Ray cluster, dist.grid set), the layouts
+interleaved, --repeats times:
+  thin: n = 4096 points, m = 1024 neurons, k = 32, tiles of 1024 rows (10 tiles);
+  wide: n = 1024 points, m = 16384 neurons, k = 32, one tile of 1024 rows.
+It prints each layout's tile seconds (the job's `seconds`: tile work, actors already up), median
+[min-max], the speedup of the better 2-actor shape over 1 actor (target >= 1.8x), and whether
+fntk_dist.gram.grid_plan.choose_grid picks the shape that measured faster. Run it when the
+machine is otherwise idle: it prints the load average before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from scaling_model import job_config, run_job  # noqa: E402
+from timing import spread  # noqa: E402
+
+from fntk_dist.distributed.cluster import connect  # noqa: E402
+from fntk_dist.gram.grid_plan import choose_grid  # noqa: E402
+
+CASES = {  # name: (n, m, tile)
+    "thin": (4096, 1024, 1024),
+    "wide": (1024, 16384, 1024),
+}
+LAYOUTS = {"1 actor": (1, 1), "2x1 width split": (2, 1), "1x2 row split": (1, 2)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--d", type=int, default=256)
+    ap.add_argument("--k", type=int, default=32)
+    args = ap.parse_args()
+    print(f"load average before: {os.getloadavg()[0]:.2f} (cores: {os.cpu_count()})")
+    connect(None, min_cpus=2)
+    model = {"mode": "sketch_in", "k": args.k, "sketch": "gaussian"}
+    seconds = {(case, name): [] for case in CASES for name in LAYOUTS}
+    for _ in range(args.repeats):  # every layout of both cases once per round: side by side
+        for case, (n, m, tile) in CASES.items():
+            for name, grid in LAYOUTS.items():
+                cfg = job_config({**model, "m": m}, n, args.d, tile, grid[0] * grid[1], grid)
+                took, ran = run_job(cfg)
+                if ran is not None and ran != grid:
+                    raise SystemExit(f"{case} {name}: the job ran a {ran} grid, not {grid}")
+                seconds[case, name].append(took)
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+    for case, (n, m, tile) in CASES.items():
+        print(f"\n{case}: n={n} m={m} k={args.k} d={args.d} tile={tile}, sketch_in, float64, "
+              f"{args.repeats} repeats")
+        for name in LAYOUTS:
+            print(f"  {name:>16}: {spread(seconds[case, name])} s")
+        med = {name: statistics.median(seconds[case, name]) for name in LAYOUTS}
+        faster = min(("2x1 width split", "1x2 row split"), key=med.get)
+        cfg = job_config({**model, "m": m}, n, args.d, tile, 2)
+        chosen = choose_grid(cfg, n, args.d, tile, 2)
+        chosen_name = next(name for name, grid in LAYOUTS.items() if grid == chosen)
+        print(f"  speedup of the {faster} over 1 actor: {med['1 actor'] / med[faster]:.2f}x "
+              f"(target >= 1.8x)")
+        print(f"  choose_grid: {chosen[0]}x{chosen[1]} ({chosen_name}); measured faster: "
+              f"{faster}: {'agrees' if chosen_name == faster else 'DISAGREES'}")
+
+
+if __name__ == "__main__":
+    main()
