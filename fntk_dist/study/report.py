@@ -102,6 +102,8 @@ _SLOPES = [
     ("rel w move", lambda g: g["max_rel_weight_change"]),
     ("lambda_min(H0)", lambda g: g["lambda_min_0"]),
     ("drift", lambda g: g["max_gram_drift"]),  # ||H(t) - H(0)||_2 itself, no scale
+    # the loss's largest log distance to L_lin: a lazy net's falls with m
+    ("max log L/L_lin", lambda g: g["max_log_loss_gap"]),
 ]
 
 

@@ -75,14 +75,16 @@ def test_an_old_results_file_reads_with_the_new_columns(tmp_path):
 
 def _rank_rows() -> list[dict]:
     """sketch_out at two widths and three ranks, two replicates: drift/lmin ~ k^-1/2 and
-    ||H(t) - H(0)|| ~ k^(+1/4), neither depending on m; steps to target 1.5x L_lin's."""
+    ||H(t) - H(0)|| ~ k^(+1/4), max log L/L_lin ~ k^-1, none depending on m; steps to target
+    1.5x L_lin's."""
     rows = []
     for seed, c in zip(range(2), (1.0, 3.0)):
         for m in (256, 1024):
             for k in (8, 32, 128):
                 rows.append({"m": m, "k": k, "seed": seed, "replicate": seed,
                              "max_drift_over_lmin": c * k ** -0.5,
-                             "max_gram_drift": c * k ** 0.25})
+                             "max_gram_drift": c * k ** 0.25,
+                             "max_log_loss_gap": c / k})
     base = {"source": "sphere", "n": 16, "d": 8, "n_test": 0, "depth": 1,
             "train_output": False, "params": "{}", "seed_mode": "independent",
             "kind": "train", "mode": "sketch_out", "sketch": "gaussian",
@@ -100,13 +102,15 @@ def test_rank_exponents_of_the_scaled_and_the_raw_drift_and_their_plots(tmp_path
 
     df = _prepared(with_labels(read_results(tmp_path / "results.parquet")))
     text = slopes_table(df, "k")
-    # Per width: drift/lmin's exponent -1/2, the raw drift's +1/4 (last column), exactly.
+    # Per width: drift/lmin's exponent -1/2, the raw drift's +1/4 and the loss gap's -1 (the
+    # last two columns), exactly.
     for m in (256, 1024):
         row = next(r for r in text.splitlines() if r.startswith(f"| sphere n=16 d=8 | "
                                                                f"sketch_out | {m} |"))
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert cells[3:5] == ["8-128", "2"]
-        assert cells[6] == "-0.500 ± 0.000" and cells[-1] == "0.250 ± 0.000"
+        assert cells[6] == "-0.500 ± 0.000"
+        assert cells[-2:] == ["0.250 ± 0.000", "-1.000 ± 0.000"]
     write_report(tmp_path)
     for name in ("drift_vs_k", "steps_ratio_vs_m"):
         png = Image.open(tmp_path / "report" / f"{name}.png")
