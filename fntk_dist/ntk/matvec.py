@@ -7,14 +7,15 @@ Depth 1, per neuron block b, with D_b = S_b diag(a_b) and features F (X or Z):
     RANK:    (1/m) rowsum((G A) o X),      A = G^T diag(v) X, G = sum_b D_b U_b  (k x d)
 in two passes over tiles of points, each tile neuron block by neuron block: the first sums
 M_b, c_b and A over the tiles of X2 (every tile's G summed over all blocks first), the second
-gives each tile's rows of the product from them, its pre-activations computed again. A tile's
+gives each tile's rows of the product from them, its features and pre-activations computed
+again. A tile's
 pre-activations, D and products (tile x block each) stay in cache between the GEMMs that read
 them, where a pass over all points would stream n x block temporaries through memory (2.5-3.3x
 faster for a factorized net on one CPU core: tools/bench_regress.py). The pre-activations cost
 a third more GEMM work, and a single tile (a GPU's default) is the one-pass order.
-Memory per call: O(tile x block) of temporaries and O(dim F x m + k x d) of sums (per column
-of v; columns go in rounds of at most STATE_FLOATS), beyond the n x dim F features, the n x k
-G of a trained V (kept from pass 1 when X2 = X) and the output.
+Memory per call: O(tile x (block + dim F)) of temporaries and O(dim F x m + k x d) of sums
+per column of v (columns go in rounds of at most STATE_FLOATS), beyond the output and, for a
+trained V with X2 = X, the n x k G kept from pass 1.
 
 Deeper, every term is (P P^T) o (Q Q^T) for per-point factors (deep_terms), and
 [(P P^T) o (Q Q^T)] v = rowsum(P o (Q M^T)) with M = P^T diag(v) Q: O(n p q) per term, the
@@ -56,6 +57,7 @@ class _Step(NamedTuple):
 
     i0: int
     i1: int
+    f: torch.Tensor  # the tile's features F (X, or Z = X V^T): (tile, dim F)
     r: torch.Tensor  # the ReLUs of the pre-activations (tile, i1 - i0)
     d: torch.Tensor  # D = S diag(a): the block's backprop signal, times sqrt(m)
 
@@ -63,20 +65,17 @@ class _Step(NamedTuple):
 class _Rows:
     """Pass 1: M_b += F_t^T (D_t v_t); pass 2: out_t += rowsum((F_t M_b) o D_t)."""
 
-    def __init__(self, f: torch.Tensor, f2: torch.Tensor, blocks: list[tuple[int, int]],
+    def __init__(self, like: torch.Tensor, dim: int, blocks: list[tuple[int, int]],
                  cols: int) -> None:
-        self.f, self.f2 = f, f2
-        self.m = [f.new_zeros(cols, f.shape[1], i1 - i0) for i0, i1 in blocks]
+        self.m = [like.new_zeros(cols, dim, i1 - i0) for i0, i1 in blocks]
 
     def gather(self, bi: int, s: _Step, t0: int, t1: int, vt: torch.Tensor) -> None:
-        ft = self.f2[t0:t1]
         for j in range(vt.shape[1]):
-            self.m[bi][j] += ft.T @ (s.d * vt[:, j : j + 1])
+            self.m[bi][j] += s.f.T @ (s.d * vt[:, j : j + 1])
 
     def apply(self, bi: int, s: _Step, t0: int, t1: int, out: torch.Tensor) -> None:
-        ft = self.f[t0:t1]
         for j in range(out.shape[1]):
-            out[:, j] += ((ft @ self.m[bi][j]) * s.d).sum(dim=1).to(F64)
+            out[:, j] += ((s.f @ self.m[bi][j]) * s.d).sum(dim=1).to(F64)
 
     def end_gather(self, t0: int, t1: int, vt: torch.Tensor) -> None:
         pass
@@ -170,23 +169,25 @@ def _sizes(net: Network, rows: int, points: int, block: int | None,
     return blocks, max(1, tile)
 
 
-def _steps(layer: Layer, a: torch.Tensor, feats: torch.Tensor, t0: int, t1: int,
+def _steps(layer: Layer, a: torch.Tensor, x: torch.Tensor, t0: int, t1: int,
            blocks: list[tuple[int, int]]):
-    ft = feats[t0:t1]
+    # The features tile by tile too: an SRHT's butterflies over n x d stream through memory
+    # (a fifth of the mat-vec when done for all points at once), over a tile they stay in cache.
+    ft = layer.features(x[t0:t1])
     for i0, i1 in blocks:
         r = torch.relu(layer.preact(ft, i0, i1))
         # S = sign(relu(p)), the same 0/1 as (p > 0) at a third of its cost on the CPU
         # (a comparison writes bools, which then need a conversion).
-        yield _Step(i0, i1, r, torch.sign(r).mul_(a[i0:i1]))
+        yield _Step(i0, i1, ft, r, torch.sign(r).mul_(a[i0:i1]))
 
 
-def _term(group: Group, layer: Layer, x: torch.Tensor, feats: torch.Tensor, x2: torch.Tensor,
-          feats2: torch.Tensor, blocks: list[tuple[int, int]], cols: int):
+def _term(group: Group, layer: Layer, x: torch.Tensor, x2: torch.Tensor,
+          blocks: list[tuple[int, int]], cols: int):
     if group.role is Role.ROWS:
-        return _Rows(feats, feats2, blocks, cols)
+        return _Rows(x, layer.feature_dim, blocks, cols)
     if group.role is Role.RANK:
         return _Rank(layer, x, x2, cols)
-    return _Readout(feats, blocks, cols)
+    return _Readout(x, blocks, cols)
 
 
 def _depth1(net: Network, x: torch.Tensor, x2: torch.Tensor | None, vv: torch.Tensor,
@@ -197,19 +198,17 @@ def _depth1(net: Network, x: torch.Tensor, x2: torch.Tensor | None, vv: torch.Te
     again. Columns of v go in rounds of at most STATE_FLOATS of M."""
     layer = net.layers[0]
     a = net.a.detach()
-    f = layer.features(x)
-    f2 = f if x2 is None else layer.features(x2)
     x2 = x if x2 is None else x2
     rows = x.shape[0] + (0 if x2 is x else x2.shape[0])
     blocks, tile = _sizes(net, rows, max(x.shape[0], x2.shape[0]), block, tile)
-    per_col = f.shape[1] * net.m_local + net.m_local + (layer.k or 0) * x.shape[1]
+    per_col = layer.feature_dim * net.m_local + net.m_local + (layer.k or 0) * x.shape[1]
     per_round = max(1, STATE_FLOATS // per_col)
     for c0 in range(0, vv.shape[1], per_round):
         c1 = min(c0 + per_round, vv.shape[1])
-        terms = [_term(g, layer, x, f, x2, f2, blocks, c1 - c0) for g in net.groups]
+        terms = [_term(g, layer, x, x2, blocks, c1 - c0) for g in net.groups]
         for t0, t1 in _spans(x2.shape[0], tile):
             vt = vv[t0:t1, c0:c1]
-            for bi, s in enumerate(_steps(layer, a, f2, t0, t1, blocks)):
+            for bi, s in enumerate(_steps(layer, a, x2, t0, t1, blocks)):
                 for t in terms:
                     t.gather(bi, s, t0, t1, vt)
             for t in terms:
@@ -218,7 +217,7 @@ def _depth1(net: Network, x: torch.Tensor, x2: torch.Tensor | None, vv: torch.Te
             ot = out[t0:t1, c0:c1]
             for t in terms:
                 t.start_apply(t0, t1)
-            for bi, s in enumerate(_steps(layer, a, f, t0, t1, blocks)):
+            for bi, s in enumerate(_steps(layer, a, x, t0, t1, blocks)):
                 for t in terms:
                     t.apply(bi, s, t0, t1, ot)
             for t in terms:
