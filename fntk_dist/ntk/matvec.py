@@ -10,7 +10,7 @@ M_b, c_b and A over the tiles of X2 (every tile's G summed over all blocks first
 gives each tile's rows of the product from them, its features and pre-activations computed
 again. A tile's
 pre-activations, D and products (tile x block each) stay in cache between the GEMMs that read
-them, where a pass over all points would stream n x block temporaries through memory (2.5-3.3x
+them, where a pass over all points would stream n x block temporaries through memory (about 3x
 faster for a factorized net on one CPU core: tools/bench_regress.py). The pre-activations cost
 a third more GEMM work, and a single tile (a GPU's default) is the one-pass order.
 Memory per call: O(tile x (block + dim F)) of temporaries and O(dim F x m + k x d) of sums
