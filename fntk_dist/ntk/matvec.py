@@ -8,11 +8,11 @@ Depth 1, per neuron block b, with D_b = S_b diag(a_b) and features F (X or Z):
 in two passes over tiles of points, each tile neuron block by neuron block: the first sums
 M_b, c_b and A over the tiles of X2 (every tile's G summed over all blocks first), the second
 gives each tile's rows of the product from them, its features and pre-activations computed
-again. A tile's
-pre-activations, D and products (tile x block each) stay in cache between the GEMMs that read
-them, where a pass over all points would stream n x block temporaries through memory (about 3x
-faster for a factorized net on one CPU core: tools/bench_regress.py). The pre-activations cost
-a third more GEMM work, and a single tile (a GPU's default) is the one-pass order.
+again. A tile's pre-activations, D and products (tile x block each) stay in cache between the
+GEMMs that read them, where a pass over all points would stream n x block temporaries through
+memory (about 3x faster for a factorized net on one CPU core: tools/bench_regress.py). The
+pre-activations cost a third more GEMM work; a single tile (a GPU's default) is the one-pass
+order of operations.
 Memory per call: O(tile x (block + dim F)) of temporaries and O(dim F x m + k x d) of sums
 per column of v (columns go in rounds of at most STATE_FLOATS), beyond the output and, for a
 trained V with X2 = X, the n x k G kept from pass 1.
