@@ -223,11 +223,13 @@ def _drift_vs_k(df: pd.DataFrame, path: Path) -> None:
     the widths' lines lie on each other."""
     sketches = df["sketch"].dropna().nunique() > 1
     ranked = df[df["k"].notna()]
-    ranked = ranked.assign(family=ranked.apply(lambda r: series_label(r, sketches, rank=False),
-                                               axis=1),
-                           series=ranked["m"].map(lambda m: f"m={int(m)}"))
-    cells = [c for c, g in ranked.groupby(["dataset", "family"]) if g["k"].nunique() > 1]
     widths = sorted(ranked["m"].unique())
+    # categorical, so that lines and legend go by width, not by the label's text
+    series = pd.Categorical(ranked["m"].map(lambda m: f"m={int(m)}"),
+                            categories=[f"m={int(m)}" for m in widths], ordered=True)
+    ranked = ranked.assign(family=ranked.apply(lambda r: series_label(r, sketches, rank=False),
+                                               axis=1), series=series)
+    cells = [c for c, g in ranked.groupby(["dataset", "family"]) if g["k"].nunique() > 1]
     colours = plt.get_cmap("viridis")(np.linspace(0.0, 0.85, len(widths)))
     styles = {f"m={int(m)}": (colours[i], _MARKERS[i % len(_MARKERS)])
               for i, m in enumerate(widths)}
