@@ -230,6 +230,9 @@ def _drift_vs_k(df: pd.DataFrame, path: Path) -> None:
     ranked = ranked.assign(family=ranked.apply(lambda r: series_label(r, sketches, rank=False),
                                                axis=1), series=series)
     cells = [c for c, g in ranked.groupby(["dataset", "family"]) if g["k"].nunique() > 1]
+    if not cells:  # ranks differ only between families: no line to draw
+        _nothing(path, "no family (mode and sketch) has more than one rank k")
+        return
     colours = plt.get_cmap("viridis")(np.linspace(0.0, 0.85, len(widths)))
     styles = {f"m={int(m)}": (colours[i], _MARKERS[i % len(_MARKERS)])
               for i, m in enumerate(widths)}

@@ -117,3 +117,12 @@ def test_rank_exponents_of_the_scaled_and_the_raw_drift_and_their_plots(tmp_path
         assert png.info["dpi"][0] >= 149
         # a drawn figure, not the one-line "nothing to show" (4.2 x 1.2 inches)
         assert png.size[1] > 2 * NOTHING_HEIGHT
+
+
+def test_ranks_that_differ_only_between_families_give_no_rank_panel(tmp_path):
+    rows = [r for r in _rank_rows() if r["k"] == 8]
+    rows += [r | {"mode": "lowrank", "k": 32, "trial_id": f"{r['trial_id']}b"} for r in rows]
+    _write(tmp_path, rows)
+    write_report(tmp_path)
+    png = Image.open(tmp_path / "report" / "drift_vs_k.png")
+    assert png.size[1] < 2 * NOTHING_HEIGHT  # the one-line figure that says so in words
