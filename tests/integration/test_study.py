@@ -25,7 +25,7 @@ from fntk_dist.study import load_sweep
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "configs" / "sweep_smoke.yaml"
 PLOTS = ("lambda0_vs_m", "gram_err_vs_m", "drift_vs_m", "steps_vs_m", "rate_vs_m", "cost_vs_m",
-         "cost_vs_lambda", "test_error_vs_m")
+         "cost_vs_lambda", "test_error_vs_m", "loss_gap_vs_m", "drift_vs_k", "steps_ratio_vs_m")
 # Measured in every trial (test metrics: the smoke data hold out a split).
 ALWAYS = ("lambda_min_0", "lambda_max_0", "lambda_min_final", "max_gram_drift", "initial_loss",
           "final_loss", "tail_rate", "predicted_rate", "eta", "trainable_params",
