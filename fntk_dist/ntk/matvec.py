@@ -62,7 +62,22 @@ class _Step(NamedTuple):
     d: torch.Tensor  # D = S diag(a): the block's backprop signal, times sqrt(m)
 
 
-class _Rows:
+class _Term:
+    """A term's share of the two passes: gather (pass 1, tiles of X2) and apply (pass 2, tiles
+    of X) per (tile, neuron block) step, defined by each term, and hooks around each tile of a
+    pass, which do nothing unless a term needs them (RANK: a sum over all blocks first)."""
+
+    def end_gather(self, t0: int, t1: int, vt: torch.Tensor) -> None:
+        """After every block of a tile of X2 has been gathered."""
+
+    def start_apply(self, t0: int, t1: int) -> None:
+        """Before the blocks of a tile of X are applied."""
+
+    def end_apply(self, t0: int, t1: int, out: torch.Tensor) -> None:
+        """After every block of a tile of X has been applied."""
+
+
+class _Rows(_Term):
     """Pass 1: M_b += F_t^T (D_t v_t); pass 2: out_t += rowsum((F_t M_b) o D_t)."""
 
     def __init__(self, like: torch.Tensor, dim: int, blocks: list[tuple[int, int]],
@@ -77,17 +92,8 @@ class _Rows:
         for j in range(out.shape[1]):
             out[:, j] += ((s.f @ self.m[bi][j]) * s.d).sum(dim=1).to(F64)
 
-    def end_gather(self, t0: int, t1: int, vt: torch.Tensor) -> None:
-        pass
 
-    def start_apply(self, t0: int, t1: int) -> None:
-        pass
-
-    def end_apply(self, t0: int, t1: int, out: torch.Tensor) -> None:
-        pass
-
-
-class _Readout:
+class _Readout(_Term):
     """Pass 1: c_b += R_t^T v_t; pass 2: out_t += R_t c_b (R = relu of the pre-activations)."""
 
     def __init__(self, like: torch.Tensor, blocks: list[tuple[int, int]], cols: int) -> None:
@@ -99,17 +105,8 @@ class _Readout:
     def apply(self, bi: int, s: _Step, t0: int, t1: int, out: torch.Tensor) -> None:
         out += (s.r @ self.c[bi]).to(F64)
 
-    def end_gather(self, t0: int, t1: int, vt: torch.Tensor) -> None:
-        pass
 
-    def start_apply(self, t0: int, t1: int) -> None:
-        pass
-
-    def end_apply(self, t0: int, t1: int, out: torch.Tensor) -> None:
-        pass
-
-
-class _Rank:
+class _Rank(_Term):
     """G_t = sum_b D_b U_b over all blocks of a tile; pass 1: A += G_t^T (X_t o v_t) (k x d);
     pass 2: out_t += rowsum((G_t A) o X_t). With X2 = X the tiles' G from pass 1 are kept
     (n x k, no more than the features) rather than computed again."""
