@@ -8,6 +8,7 @@ import pandas as pd
 
 from ..atomic import write_text
 from ..errors import UserError
+from .heldout_report import heldout_section
 from .kernel_report import kernel_sections
 from .plots import plot_all, series_label, with_labels
 from .results import read_results
@@ -208,6 +209,7 @@ def _train_sections(df: pd.DataFrame, out: Path) -> list[str]:
         "## Rank exponents", "",
         "The same against log k, per family (mode and sketch) and width.", "",
         slopes_table(df, "k"), "",
+        *heldout_section(df),
         "## Singular trials", "", singular_table(df), "",
         "## Cheapest width reaching the target, against dense", "",
         savings_table(df), "",

@@ -35,7 +35,7 @@ _FLOATS = [
     "initial_loss", "final_loss", "max_log_loss_gap", "tail_rate", "predicted_tail_rate",
     "predicted_rate", "predicted_rate_du", "eta", "flops_per_step", "seconds_per_step",
     "final_test_mse", "final_test_error", "ntk_emp_test_mse", "ntk_emp_test_error",
-    "ntk_inf_test_mse", "ntk_inf_test_error",
+    "ntk_inf_test_mse", "ntk_inf_test_error", "ntk_emp_steps_test_mse", "ntk_emp_steps_test_error",
     # kernel trials (study.kernel)
     "lambda_inf_dense", "lambda_inf_ratio", "lambda_max_inf", "condition_inf",
     "sketch_rel_err", "max_pair_distortion",

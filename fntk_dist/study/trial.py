@@ -19,7 +19,8 @@ from threadpoolctl import threadpool_limits
 from ..atomic import write_json
 from ..config import RunConfig
 from ..data import load_dataset
-from ..ntk.regression import analytic_ntk_predict, empirical_ntk_predict, prediction_errors
+from ..ntk import empirical_ntk, spectrum
+from ..ntk.regression import analytic_ntk_predict, kernel_predict, prediction_errors
 from ..runtime import as_dtype, resolve_device
 from ..train.job import run_train_job
 from .kernel import kernel_metrics
@@ -32,18 +33,31 @@ def is_finished(folder: Path) -> bool:
 
 
 def regression_metrics(cfg: RunConfig) -> dict[str, float]:
-    """Test error of NTK kernel regression (empirical kernel at init; analytic where it
-    applies); empty when the data has no held-out split."""
+    """Test error of NTK kernel regression with the empirical kernel at init, at infinite time
+    (ntk_emp_test_*) and, for full-batch GD, after the training run's own steps with its own
+    step size (ntk_emp_steps_test_*: the linearised net at the step the trained one stops);
+    the analytic kernel where it applies. Empty when the data has no held-out split."""
     data = load_dataset(cfg.data)
     if len(data.y_test) == 0:
         return {}
     t0 = time.perf_counter()
-    device, dt = resolve_device(cfg.train.device, "train.device"), as_dtype(cfg.model.dtype)
+    tc = cfg.train
+    device, dt = resolve_device(tc.device, "train.device"), as_dtype(cfg.model.dtype)
     x, y, xt, yt = (torch.as_tensor(a, dtype=dt, device=device)
                     for a in (data.x, data.y, data.x_test, data.y_test))
     net = cfg.model.build(d=data.d, device=device)
+    with torch.no_grad():
+        f0, f0t = net(x), net(xt)
+    h = empirical_ntk(net, x, block=tc.block)
+    hc = empirical_ntk(net, xt, x, block=tc.block)
     out = {f"ntk_emp_test_{k}": v for k, v in
-           prediction_errors(empirical_ntk_predict(net, x, y, xt, cfg.train.block), yt).items()}
+           prediction_errors(kernel_predict(h, hc, y, f0, f0t), yt).items()}
+    if tc.optimizer == "gd" and (tc.batch_size is None or tc.batch_size >= len(data.y)):
+        # The training loop's eta, from the same H(0) (train.loop: lr or lr_scale / lambda_max).
+        eta = tc.lr if tc.lr is not None else tc.lr_scale / spectrum(h, 1).lambda_max
+        pred = kernel_predict(h, hc, y, f0, f0t, eta=eta, steps=tc.steps)
+        out.update({f"ntk_emp_steps_test_{k}": v for k, v in prediction_errors(pred, yt).items()})
+        out["ntk_eta"] = eta
     pred_inf = analytic_ntk_predict(net, x, y, xt)
     if pred_inf is not None:
         out.update({f"ntk_inf_test_{k}": v for k, v in prediction_errors(pred_inf, yt).items()})
