@@ -150,24 +150,30 @@ def _median_seconds(fn, repeats: int) -> float:
 def calibrate_kernel(args: argparse.Namespace) -> tuple[float, float]:
     """(peak FLOP/s, half-rate width) of one thread's tile kernel: span_partial on a
     tile x tile off-diagonal tile for several neuron counts, t(w) = (fixed + per_neuron (w +
-    half)) / peak fitted by least squares (linear in w)."""
+    half)) / peak fitted (linear in w)."""
     from fntk_dist.gram.executor import span_partial
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     model = ModelConfig(mode=args.cal_mode, m=1024, k=args.k)
-    x = torch.randn(2 * args.cal_tile, args.cal_d, dtype=torch.float64)
-    span = ((0, args.cal_tile), (args.cal_tile, 2 * args.cal_tile))
-    costs = [c for c in tile_costs(model, args.cal_d, 2 * args.cal_tile, args.cal_tile)
-             if not c.diagonal][0]
-    widths, seconds = [w for w in (16, 32, 64, 128, 256, 512, 1024, 2048) if w >= args.k], []
+    tile = args.job_tile
+    x = torch.randn(2 * tile, args.cal_d, dtype=torch.float64)
+    span = ((0, tile), (tile, 2 * tile))
+    costs = [c for c in tile_costs(model, args.cal_d, 2 * tile, tile) if not c.diagonal][0]
+    widths = [w for w in (2 ** i for i in range(4, 16)) if args.k <= w <= args.job_m]
+    seconds = []
     for w in widths:
         net = model.model_copy(update={"m": w}).build(args.cal_d)
         seconds.append(_median_seconds(lambda net=net: span_partial(net, x, span, None), 3))
     torch.set_num_threads(threads)
-    mean_w, mean_t = statistics.fmean(widths), statistics.fmean(seconds)
-    slope = (sum((w - mean_w) * (t - mean_t) for w, t in zip(widths, seconds))
-             / sum((w - mean_w) ** 2 for w in widths))
+    # Least squares in relative error (weights 1/t^2): thin blocks, which take milliseconds,
+    # count as much as wide ones.
+    wts = [1 / t ** 2 for t in seconds]
+    sw = sum(wts)
+    mean_w = sum(c * w for c, w in zip(wts, widths)) / sw
+    mean_t = sum(c * t for c, t in zip(wts, seconds)) / sw
+    slope = (sum(c * (w - mean_w) * (t - mean_t) for c, w, t in zip(wts, widths, seconds))
+             / sum(c * (w - mean_w) ** 2 for c, w in zip(wts, widths)))
     intercept = mean_t - slope * mean_w
     peak = costs.per_neuron_flops / slope
     half = max(0.0, (intercept * peak - costs.fixed_flops) / costs.per_neuron_flops)
@@ -196,7 +202,7 @@ def calibrate_ray(args: argparse.Namespace) -> tuple[float, float]:
         def partial(self) -> torch.Tensor:
             return self.block
 
-    nbytes = args.cal_tile * args.cal_tile * 8  # one ROWS term of a tile
+    nbytes = args.job_tile * args.job_tile * 8  # one ROWS term of a tile
     actor = Echo.remote(nbytes)
     ray.get(actor.noop.remote())
     call = _median_seconds(lambda: ray.get(actor.noop.remote()), 50)
@@ -214,7 +220,7 @@ def calibrate_finish(args: argparse.Namespace) -> tuple[float, float]:
     model = ModelConfig(mode=args.cal_mode, m=64, k=args.k)
     net, finisher = model.build(args.cal_d), model.build(args.cal_d, neurons=(0, 1))
     points = []
-    for tile in (args.cal_tile // 2, args.cal_tile):
+    for tile in (args.job_tile // 2, args.job_tile):
         x = torch.randn(2 * tile, args.cal_d, dtype=torch.float64)
         span = ((0, tile), (tile, 2 * tile))
         part = span_partial(net, x, span, None)
@@ -240,13 +246,15 @@ def job_config(model: dict, n: int, d: int, tile: int, workers: int,
 
 
 def run_job(cfg) -> tuple[float, tuple[int, int] | None]:
-    """A real `fntk gram` job into a fresh store: (its tile seconds, the grid it ran)."""
+    """A real `fntk gram` job into a fresh store: (its tile seconds, the grid it ran). Tile
+    seconds: the wall time from the first tile submitted to the last stored (the store's
+    tile_seconds), without starting and stopping the actors."""
     from fntk_dist.gram.job import run_gram_job
 
     with tempfile.TemporaryDirectory() as tmp:
         summary = run_gram_job(cfg, Path(tmp) / "gram", progress=False)
     grid = summary.get("grid")
-    return summary["seconds"], (tuple(grid) if grid else None)
+    return summary["tile_seconds"], (tuple(grid) if grid else None)
 
 
 def calibrate(args: argparse.Namespace) -> None:
@@ -307,7 +315,6 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--cal-mode", default="sketch_in")
     ap.add_argument("--cal-d", type=int, default=256)
-    ap.add_argument("--cal-tile", type=int, default=1024)
     ap.add_argument("--job-n", type=int, default=2048)
     ap.add_argument("--job-m", type=int, default=8192)
     ap.add_argument("--job-tile", type=int, default=512)
