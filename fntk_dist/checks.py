@@ -110,8 +110,8 @@ def check_train(cfg: RunConfig, data: Dataset) -> TrainPlan:
     tc, ds = cfg.train, cfg.deepspeed
     n, d = data.n, data.d
     if cfg.dist.grid is not None:
-        raise ConfigError("dist.grid: shapes the actors of fntk gram; training lays its workers "
-                          "out as dist.width x dist.data")
+        raise ConfigError("dist.grid: shapes the actors of fntk gram and fntk regress; training "
+                          "lays its workers out as dist.width x dist.data")
     if tc.lr is None and n > tc.gram_max_n:
         raise ConfigError(f"train.lr: required when n={n} > train.gram_max_n={tc.gram_max_n} "
                           "(the step size is otherwise read off the n x n Gram)")

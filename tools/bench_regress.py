@@ -186,7 +186,7 @@ def bench_workers(args: argparse.Namespace, x: torch.Tensor, v: torch.Tensor) ->
     for workers in (1, 2):
         wcfg = build_config({**raw_config(args, args.n), "dist": {"workers": workers}},
                             source="bench")
-        op = RayOperator(wcfg, workers, x, connect_for_regress(wcfg, workers))
+        op = RayOperator(wcfg, (workers, 1), x, connect_for_regress(wcfg, workers))
         by_workers[workers] = time_matvecs(op, v, args.repeats)
         op.close()
         print(f"Ray, {workers} worker(s): mat-vec {spread(by_workers[workers], '{:.3f}')} s")

@@ -41,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--quiet", action="store_true", help="no progress bar")
         s.add_argument("--workers", type=int, metavar="N",
                        help="run on Ray with N workers (gram: a grid of actors, --grid, into a "
-                            "tile store; regress: width-shard actors answering the mat-vecs; "
+                            "tile store; regress: a grid of actors answering the mat-vecs; "
                             "train: Ray Train + DeepSpeed on the dist.width x dist.data mesh)")
         s.add_argument("--address", metavar="ADDR",
                        help="existing Ray cluster (default: RAY_ADDRESS, else embedded)")
@@ -51,11 +51,12 @@ def _parser() -> argparse.ArgumentParser:
                                 "config's data, tile and workers (default: this host's cores); "
                                 "runs nothing")
             s.add_argument("--tile", type=int, metavar="T", help="rows per tile")
+        if name in ("gram", "regress"):
             s.add_argument("--grid", type=_grid, metavar="WxR",
                            help="W width shards x R row groups of actors, W*R = --workers "
-                                "(which it sets when unset; default: the shape of least "
-                                "predicted time, see --plan)")
-        elif name == "train":
+                                "(which it sets when unset; default: gram the shape of least "
+                                "predicted time, see --plan; regress W = --workers)")
+        if name == "train":
             s.add_argument("--resume", action="store_true",
                            help="continue a stopped run in --out from its last checkpoint "
                                 "(train.checkpoint_every)")

@@ -20,10 +20,10 @@ class DistConfig(BaseModel):
     )
     connect_timeout_s: float = Field(15.0, gt=0, description="seconds to wait for --address")
     grid: tuple[PositiveInt, PositiveInt] | None = Field(
-        None, description="gram: [W, R] actors on Ray, W width shards x R row groups (W * R = "
-                          "workers, which it sets when unset); "
-                          "each row group is the width-sharded net and takes tiles as it frees "
-                          "up. Default: the shape of least predicted time (fntk gram --plan)"
+        None, description="gram, regress: [W, R] actors on Ray, W width shards x R row groups "
+                          "(W * R = workers, which it sets when unset); each row group is the "
+                          "width-sharded net. Default: gram the shape of least predicted time "
+                          "(fntk gram --plan), regress [workers, 1]"
     )
     width: int | None = Field(
         None, ge=1, description="train: shards of the wide layer (neuron ranges); default: workers "

@@ -35,7 +35,7 @@ from ..models.config import ModelConfig
 from ..ntk import GramPartial
 from ..runtime import peak_rss_bytes, rss_bytes
 from .parallelize import shard_ranges
-from .shards import Placed, connect_and_place, start_shards
+from .shards import Placed, connect_and_place, start_shards, tree_sum
 
 
 @ray.remote
@@ -94,15 +94,8 @@ class RayExecutor:
         self.nodes = sorted({ip for _, ip in ray.get([s.where.remote() for s in shards])})
 
     def _tile(self, group: list, span: Span) -> ray.ObjectRef:
-        """The reference to one tile's partial summed over the group's width shards: shard i
-        adds shard i + step's sum, for step = 1, 2, 4, ..."""
-        refs = [s.partial.remote(span, self.x_ref) for s in group]
-        step = 1
-        while step < len(refs):
-            for i in range(0, len(refs) - step, 2 * step):
-                refs[i] = group[i].add.remote(refs[i], refs[i + step])
-            step *= 2
-        return refs[0]
+        """The reference to one tile's partial summed over the group's width shards."""
+        return tree_sum(group, [s.partial.remote(span, self.x_ref) for s in group])
 
     def partials(self, spans: Iterable[Span]) -> Iterator[list[GramPartial]]:
         pending = iter(spans)

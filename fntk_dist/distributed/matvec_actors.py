@@ -1,10 +1,13 @@
-"""The kernel regression's NTK on Ray: width-shard actors answering mat-vecs, cross-Gram
-columns and outputs, and the operator that sums their shares.
+"""The kernel regression's NTK on Ray: a grid of actors (width shards x row groups) answering
+mat-vecs, cross-Gram columns and outputs, and the operator that sums their shares.
 
 Each MatvecShard owns a neuron range of a depth-1 net and rebuilds it from the seed (no
 weights travel); the training points are put in the object store once. Over a shard's
 neurons, the ROWS and READOUT terms of H v and the net's output are sums, so the driver adds
-the shards' shares in float64. The term of a trained V (sketch_out, lowrank) is quadratic in
+the shards' shares in float64. Over the points, the mat-vec's first pass (ntk.matvec's
+MatvecState: parameter-sized sums) adds too, so each row group sums its own points' and the
+groups' states are added by a tree among the actors of each width shard before the second
+pass gives every group its rows. The term of a trained V (sketch_out, lowrank) is quadratic in
 G summed over all neurons (fntk_dist.ntk.rank_term): the shards' parts of G are summed once,
 when the operator starts (and once for the test points), and the driver takes that term's
 mat-vec from the total, O(n k d). The preconditioner's columns come as GramPartials (G summed
@@ -19,14 +22,15 @@ import torch
 
 from ..config import RunConfig
 from ..models.config import ModelConfig
-from ..ntk import GramPartial, finish_gram, ntk_matvec
+from ..ntk import GramPartial, finish_gram
 from ..ntk.empirical import partial_sums
 from ..ntk.gram_terms import unit_readout
+from ..ntk.matvec import MatvecState, matvec_apply, matvec_state
 from ..ntk.rank_term import rank_factor, rank_matvec, trains_rank
 from ..regress.operator import row_spans, tiled_outputs
 from ..runtime import peak_rss_bytes
 from .parallelize import shard_ranges
-from .shards import Placed, connect_and_place, start_shards
+from .shards import Placed, connect_and_place, start_shards, tree_sum
 
 F64 = torch.float64
 
@@ -52,22 +56,31 @@ class MatvecShard:
         if self.x is None:
             self.x = torch.tensor(x, device=self.device)
 
-    def matvec(self, x: np.ndarray, v: np.ndarray) -> np.ndarray:
-        """This shard's share of H(X, X) v (ROWS and READOUT terms), float64."""
+    def state(self, x: np.ndarray, span: tuple[int, int], v: np.ndarray) -> MatvecState:
+        """Pass 1 of this shard's share of H(., X) v (ROWS and READOUT terms) over the
+        training points [span) (v: their entries of v), on the CPU."""
         self.load(x)
-        if not self.linear.groups:  # sketch_out with a fixed readout: V's term alone
-            return np.zeros(self.x.shape[0])
+        r0, r1 = span
         vt = torch.as_tensor(v, device=self.device)
-        return ntk_matvec(self.linear, self.x, vt, self.block).to(F64).cpu().numpy()
+        return matvec_state(self.linear, self.x[r0:r1], vt, self.block).to("cpu")
 
-    def cross_matvec(self, x: np.ndarray, x_test: np.ndarray, v: np.ndarray) -> np.ndarray:
-        """This shard's share of H(X_test, X) v, float64."""
+    def add(self, mine: MatvecState, other: MatvecState) -> MatvecState:
+        """One step of a tree sum over the row groups (tree_sum)."""
+        return mine + other
+
+    def apply(self, x: np.ndarray, span: tuple[int, int], state: MatvecState) -> np.ndarray:
+        """Pass 2: this shard's share of rows [span) of H(X, X) v, float64, from the state
+        of every training point."""
         self.load(x)
-        if not self.linear.groups:
-            return np.zeros(x_test.shape[0])
-        xt = torch.as_tensor(x_test, device=self.device)
-        vt = torch.as_tensor(v, device=self.device)
-        return ntk_matvec(self.linear, xt, vt, self.block, x2=self.x).to(F64).cpu().numpy()
+        r0, r1 = span
+        return self._apply(self.x[r0:r1], state)
+
+    def apply_to(self, x_eval: np.ndarray, state: MatvecState) -> np.ndarray:
+        """Pass 2 on other points: this shard's share of H(X_eval, X) v, float64."""
+        return self._apply(torch.as_tensor(x_eval, device=self.device), state)
+
+    def _apply(self, pts: torch.Tensor, state: MatvecState) -> np.ndarray:
+        return matvec_apply(self.linear, pts, state.to(self.device)).to(F64).cpu().numpy()
 
     def rank(self, x: np.ndarray, x_eval: np.ndarray | None) -> np.ndarray:
         """This shard's part of G on x_eval (the training points when None), float64."""
@@ -101,18 +114,35 @@ def connect_for_regress(cfg: RunConfig, workers: int) -> Placed:
 
 
 class RayOperator:
-    """`workers` MatvecShard actors over the net's width; the operator of LocalOperator."""
+    """A (W, R) grid of MatvecShard actors, the operator of LocalOperator: W width shards x R
+    row groups, group r owning the training points of row span r. A mat-vec is the
+    MatvecState of each group's points (pass 1), summed over the groups by a tree per width
+    shard, then each group's rows from the sum (pass 2), added over the width shards by the
+    driver. The preconditioner's columns, G and the outputs come from row group 0."""
 
-    def __init__(self, cfg: RunConfig, workers: int, x: torch.Tensor, placed: Placed) -> None:
+    def __init__(self, cfg: RunConfig, grid: tuple[int, int], x: torch.Tensor,
+                 placed: Placed) -> None:
         self.device = placed[0]
         self.tile = cfg.regress.tile
         self.x = x
         self.x_ref = ray.put(x.numpy())
-        self.shards = start_shards(MatvecShard, cfg, shard_ranges(cfg.model.m, workers),
-                                   x.shape[1], cfg.regress.block, placed, self.x_ref)
+        width, rows = grid
+        shards = start_shards(MatvecShard, cfg, shard_ranges(cfg.model.m, width) * rows,
+                              x.shape[1], cfg.regress.block, placed, self.x_ref)
+        self.groups = [shards[r * width:(r + 1) * width] for r in range(rows)]
+        self.spans = shard_ranges(x.shape[0], rows)  # row group r's training points
+        self.shards = self.groups[0]
         self.finisher = cfg.model.build(x.shape[1], neurons=(0, 1))  # features and scale only
         # G over all neurons on the training points: fixed for the whole solve.
         self.g = self._rank(None) if trains_rank(self.finisher) else None
+
+    def _states(self, v: np.ndarray) -> list[ray.ObjectRef]:
+        """Per width shard, the reference to pass 1's state over every training point."""
+        width = len(self.shards)
+        return [tree_sum([g[w] for g in self.groups],
+                         [g[w].state.remote(self.x_ref, (r0, r1), v[r0:r1])
+                          for g, (r0, r1) in zip(self.groups, self.spans)])
+                for w in range(width)]
 
     def _rank(self, x_eval: np.ndarray | None) -> torch.Tensor:
         return self._sum([s.rank.remote(self.x_ref, x_eval) for s in self.shards])
@@ -126,8 +156,10 @@ class RayOperator:
         return torch.from_numpy(total)
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
-        v_np = v.to(self.x.dtype).numpy()
-        hv = self._sum([s.matvec.remote(self.x_ref, v_np) for s in self.shards])
+        states = self._states(v.to(self.x.dtype).numpy())
+        parts = [[s.apply.remote(self.x_ref, span, state) for s, state in zip(g, states)]
+                 for g, span in zip(self.groups, self.spans)]
+        hv = torch.cat([self._sum(p) for p in parts])
         if self.g is not None:
             hv += rank_matvec(self.x, self.g, v, self.finisher.m)
         return hv
@@ -142,8 +174,12 @@ class RayOperator:
         return torch.cat(out)
 
     def cross_matvec(self, x_test: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        xt, v_np = x_test.numpy(), v.to(self.x.dtype).numpy()
-        hv = self._sum([s.cross_matvec.remote(self.x_ref, xt, v_np) for s in self.shards])
+        states = self._states(v.to(self.x.dtype).numpy())
+        xt = x_test.numpy()
+        spans = [s for s in shard_ranges(xt.shape[0], len(self.groups)) if s[1] > s[0]]
+        parts = [[s.apply_to.remote(xt[t0:t1], state) for s, state in zip(g, states)]
+                 for g, (t0, t1) in zip(self.groups, spans)]
+        hv = torch.cat([self._sum(p) for p in parts])
         if self.g is not None:
             hv += rank_matvec(x_test, self._rank(xt), v, self.finisher.m, self.x, self.g)
         return hv
@@ -153,10 +189,12 @@ class RayOperator:
         return self._sum([s.outputs.remote(x_np, self.tile) for s in self.shards])
 
     def info(self) -> dict:
+        shards = [s for g in self.groups for s in g]
         return {"device": self.device,
-                "shard_nodes": sorted(set(ray.get([s.node.remote() for s in self.shards]))),
-                "worker_peak_rss_bytes": max(ray.get([s.memory.remote() for s in self.shards]))}
+                "shard_nodes": sorted(set(ray.get([s.node.remote() for s in shards]))),
+                "worker_peak_rss_bytes": max(ray.get([s.memory.remote() for s in shards]))}
 
     def close(self) -> None:
-        for s in self.shards:
-            ray.kill(s)
+        for g in self.groups:
+            for s in g:
+                ray.kill(s)

@@ -54,3 +54,16 @@ def start_shards(actor: type, cfg: RunConfig, ranges: list[tuple[int, int]], d: 
               for neurons in ranges]
     ray.get([s.load.remote(x_ref) for s in shards])
     return shards
+
+
+def tree_sum(actors: list, refs: list[ray.ObjectRef]) -> ray.ObjectRef:
+    """The reference to the sum of refs (refs[i] held by actors[i], each with an `add`
+    method): actor i adds actor i + step's sum, for step = 1, 2, 4, ..., so each level moves
+    one operand actor to actor through the object store and the driver fetches nothing."""
+    refs = list(refs)
+    step = 1
+    while step < len(refs):
+        for i in range(0, len(refs) - step, 2 * step):
+            refs[i] = actors[i].add.remote(refs[i], refs[i + step])
+        step *= 2
+    return refs[0]

@@ -24,6 +24,7 @@ cost of a forward pass, over tiles of points.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -82,28 +83,28 @@ class _Rows(_Term):
 
     def __init__(self, like: torch.Tensor, dim: int, blocks: list[tuple[int, int]],
                  cols: int) -> None:
-        self.m = [like.new_zeros(cols, dim, i1 - i0) for i0, i1 in blocks]
+        self.state = [like.new_zeros(cols, dim, i1 - i0) for i0, i1 in blocks]  # M_b
 
     def gather(self, bi: int, s: _Step, t0: int, t1: int, vt: torch.Tensor) -> None:
         for j in range(vt.shape[1]):
-            self.m[bi][j] += s.f.T @ (s.d * vt[:, j : j + 1])
+            self.state[bi][j] += s.f.T @ (s.d * vt[:, j : j + 1])
 
     def apply(self, bi: int, s: _Step, t0: int, t1: int, out: torch.Tensor) -> None:
         for j in range(out.shape[1]):
-            out[:, j] += ((s.f @ self.m[bi][j]) * s.d).sum(dim=1).to(F64)
+            out[:, j] += ((s.f @ self.state[bi][j]) * s.d).sum(dim=1).to(F64)
 
 
 class _Readout(_Term):
     """Pass 1: c_b += R_t^T v_t; pass 2: out_t += R_t c_b (R = relu of the pre-activations)."""
 
     def __init__(self, like: torch.Tensor, blocks: list[tuple[int, int]], cols: int) -> None:
-        self.c = [like.new_zeros(i1 - i0, cols) for i0, i1 in blocks]
+        self.state = [like.new_zeros(i1 - i0, cols) for i0, i1 in blocks]  # c_b
 
     def gather(self, bi: int, s: _Step, t0: int, t1: int, vt: torch.Tensor) -> None:
-        self.c[bi] += s.r.T @ vt
+        self.state[bi] += s.r.T @ vt
 
     def apply(self, bi: int, s: _Step, t0: int, t1: int, out: torch.Tensor) -> None:
-        out += (s.r @ self.c[bi]).to(F64)
+        out += (s.r @ self.state[bi]).to(F64)
 
 
 class _Rank(_Term):
@@ -286,3 +287,69 @@ def ntk_matvec(
             _depth1(net, x, x2, vv, out, block, tile)
     out = (out / net.m).to(net.dtype)
     return out[:, 0] if vec else out
+
+
+@dataclass
+class MatvecState:
+    """Pass 1 of a depth-1 net's H(., X2) v over some of X2's points: per term, per neuron
+    block, the sums M_b (ROWS) and c_b (READOUT). They add over disjoint sets of points, so
+    row groups of a grid each sum their own points and add their states (then pass 2 on any
+    points gives their rows of H(X, X2) v). blocks: the neuron blocks they were summed in."""
+
+    blocks: list[tuple[int, int]]
+    sums: list[list[torch.Tensor]]
+
+    def __add__(self, other: MatvecState) -> MatvecState:
+        if other.blocks != self.blocks or len(other.sums) != len(self.sums):
+            raise ValueError("other: a state of other neuron blocks or terms")
+        return MatvecState(self.blocks, [[a + b for a, b in zip(mine, theirs)]
+                                         for mine, theirs in zip(self.sums, other.sums)])
+
+    def to(self, device: torch.device | str) -> MatvecState:
+        return MatvecState(self.blocks, [[t.to(device) for t in term] for term in self.sums])
+
+
+def _linear_net(net: Network) -> None:
+    if net.depth > 1 or any(g.role is Role.RANK for g in net.groups):
+        raise ValueError("net: the split mat-vec takes a depth-1 net without a trained V (its "
+                         "term is quadratic in G summed over every neuron: rank_term)")
+
+
+def matvec_state(net: Network, x2: torch.Tensor, v: torch.Tensor, block: int | None = None,
+                 tile: int | None = None) -> MatvecState:
+    """Pass 1 of H(., X2) v (v of shape (n2,)) for a depth-1 net whose terms add over points
+    (ROWS, READOUT): the sums over X2's points, for matvec_apply."""
+    _linear_net(net)
+    x2 = prepare_inputs(x2, net.d, net.dtype, net.device, "X2")
+    if v.shape != (x2.shape[0],):
+        raise ValueError(f"v: expected shape ({x2.shape[0]},), got {tuple(v.shape)}")
+    layer, a = net.layers[0], net.a.detach()
+    blocks, tile = _sizes(net, x2.shape[0], x2.shape[0], block, tile)
+    vv = v.to(dtype=net.dtype, device=net.device)[:, None]
+    with torch.no_grad(), ieee_float32(net.device):
+        terms = [_term(g, layer, x2, x2, blocks, 1) for g in net.groups]
+        for t0, t1 in _spans(x2.shape[0], tile):
+            for bi, s in enumerate(_steps(layer, a, x2, t0, t1, blocks)):
+                for t in terms:
+                    t.gather(bi, s, t0, t1, vv[t0:t1])
+    return MatvecState(blocks, [t.state for t in terms])
+
+
+def matvec_apply(net: Network, x: torch.Tensor, state: MatvecState,
+                 tile: int | None = None) -> torch.Tensor:
+    """Pass 2: H(X, X2) v on the points x from the state of all of X2 (matvec_state's, summed
+    over its parts), in the net's dtype, as ntk_matvec gives it."""
+    _linear_net(net)
+    x = prepare_inputs(x, net.d, net.dtype, net.device, "X")
+    layer, a = net.layers[0], net.a.detach()
+    _, tile = _sizes(net, x.shape[0], x.shape[0], state.blocks[0][1] - state.blocks[0][0], tile)
+    out = torch.zeros(x.shape[0], 1, dtype=F64, device=net.device)
+    with torch.no_grad(), ieee_float32(net.device):
+        terms = [_term(g, layer, x, x, state.blocks, 1) for g in net.groups]
+        for t, sums in zip(terms, state.sums):
+            t.state = sums
+        for t0, t1 in _spans(x.shape[0], tile):
+            for bi, s in enumerate(_steps(layer, a, x, t0, t1, state.blocks)):
+                for t in terms:
+                    t.apply(bi, s, t0, t1, out[t0:t1])
+    return (out[:, 0] / net.m).to(net.dtype)

@@ -44,8 +44,9 @@ IDENTITY_KEYS = ("ridge", "rank", "precondition", "seed")  # what shapes the ite
 
 
 @_naming_the_file
-def check_regress(cfg: RunConfig, data: Dataset) -> int:
-    """Workers for `fntk regress` on data (1 in one process); ConfigError for a broken rule."""
+def check_regress(cfg: RunConfig, data: Dataset) -> tuple[int, int]:
+    """The actors of `fntk regress` on data: (width shards, row groups), dist.grid or
+    dist.workers width shards ((1, 1) in one process); ConfigError for a broken rule."""
     rc = cfg.regress
     check_model(cfg, data.d)
     if rc.precondition and rc.rank > data.n:
@@ -54,27 +55,31 @@ def check_regress(cfg: RunConfig, data: Dataset) -> int:
     if rc.test_metrics and data.x_test.shape[0] == 0:
         raise ConfigError("regress.test_metrics: the data has no test rows; set "
                           "data.test_fraction > 0 or regress.test_metrics=false")
-    if cfg.dist.grid is not None:
-        raise ConfigError("dist.grid: shapes the actors of fntk gram; fntk regress splits the "
-                          "width over dist.workers actors")
     if not distributed(cfg):
-        return 1
-    workers = cfg.dist.workers or 1
-    if workers > cfg.model.m:
-        raise ConfigError(f"dist.workers: {workers} workers but only m={cfg.model.m} neurons "
+        return 1, 1
+    width, rows = cfg.dist.grid or (cfg.dist.workers or 1, 1)
+    if cfg.dist.workers is not None and width * rows != cfg.dist.workers:
+        raise ConfigError(f"dist.grid: {width} x {rows} = {width * rows} actors, but "
+                          f"dist.workers = {cfg.dist.workers}")
+    field = "dist.workers" if cfg.dist.grid is None else "dist.grid"
+    if width > cfg.model.m:
+        raise ConfigError(f"{field}: {width} width shards but only m={cfg.model.m} neurons "
                           "to shard")
+    if rows > data.n:
+        raise ConfigError(f"dist.grid: {rows} row groups but only n={data.n} training points")
     if cfg.model.hidden_layers > 1:
         raise ConfigError("model.depth: fntk regress on Ray splits the width of a depth-1 net; "
                           "run a deeper net without --workers")
-    return workers
+    return width, rows
 
 
-def _operator(cfg: RunConfig, workers: int, x: torch.Tensor, placed) -> KernelOperator:
+def _operator(cfg: RunConfig, grid: tuple[int, int], x: torch.Tensor,
+              placed) -> KernelOperator:
     rc = cfg.regress
     if placed is not None:
         from ..distributed.matvec_actors import RayOperator
 
-        return RayOperator(cfg, workers, x, placed)
+        return RayOperator(cfg, grid, x, placed)
     device = resolve_device(rc.device, "regress.device")
     return LocalOperator(cfg.model.build(x.shape[1], device=device), x, rc.block, rc.tile)
 
@@ -122,7 +127,8 @@ def run_regress_job(cfg: RunConfig, out_dir: Path, progress: bool = True) -> dic
     """Solve, predict, write the run folder (coefficients.parquet, metrics.parquet,
     cg_state.pt, config.yaml, summary.json); returns the summary."""
     data = load_dataset(cfg.data)
-    workers = check_regress(cfg, data)
+    grid = check_regress(cfg, data)
+    workers = grid[0] * grid[1]
     rc, n = cfg.regress, data.n
     out_dir = Path(out_dir)
     identity = run_identity(cfg, data, ("model", "data"),
@@ -143,7 +149,7 @@ def run_regress_job(cfg: RunConfig, out_dir: Path, progress: bool = True) -> dic
     state, rows = (None, []) if saved is None else saved
     t0 = time.perf_counter()
     with stop_requests() as stop, \
-            contextlib.closing(_operator(cfg, workers, x, placed)) as op:
+            contextlib.closing(_operator(cfg, grid, x, placed)) as op:
         f0 = op.outputs(x)
         b = y - f0
         precond, rank, t_pre = None, 0, time.perf_counter()
@@ -201,7 +207,8 @@ def run_regress_job(cfg: RunConfig, out_dir: Path, progress: bool = True) -> dic
         "iterations": state.iteration, "iterations_resumed": resumed,
         "converged": state.relative_residual <= rc.rtol,
         "relative_residual": state.relative_residual, "true_relative_residual": true_res,
-        **test, "workers": workers, **info,
+        **test, "workers": workers, "grid": list(grid) if placed is not None else None,
+        **info,
         "seconds": time.perf_counter() - t0, "seconds_preconditioner": t_pre,
         "seconds_cg": t_cg,
         "seconds_per_iteration": float(np.median(per_it)) if per_it else None,

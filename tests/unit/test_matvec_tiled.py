@@ -75,3 +75,30 @@ def test_bad_tile_is_refused(tile):
     net = _net("sketch_in", "gaussian", d=6, m=10)
     with pytest.raises(ValueError, match=r"^tile: expected an integer >= 1"):
         ntk_matvec(net, _points(4, 6, 8), torch.ones(4, dtype=F64), tile=tile)
+
+
+@pytest.mark.parametrize("mode,sketch", net_grid())
+def test_states_of_parts_of_the_points_add_up_to_the_matvec(mode, sketch):
+    """The split mat-vec of a grid's row groups: pass 1 on three parts of X2 (uneven), their
+    states added, pass 2 on two parts of X: H(X, X2) v of the net with V frozen (its term is
+    the driver's, rank_term), in tiles of 4 points and blocks of 7 neurons."""
+    net = _net(mode, sketch, d=8, m=30)
+    if mode in ("sketch_out", "lowrank"):
+        net.layers[0].V.requires_grad_(False)
+    x, x2 = _points(13, 8, 0), _points(17, 8, 1)
+    v = torch.randn(17, generator=torch.Generator().manual_seed(2), dtype=F64)
+    parts = [(0, 5), (5, 6), (6, 17)]
+    state = sum((matvec.matvec_state(net, x2[p0:p1], v[p0:p1], block=7, tile=4)
+                 for p0, p1 in parts[1:]), matvec.matvec_state(net, x2[:5], v[:5], 7, 4))
+    got = torch.cat([matvec.matvec_apply(net, x[:9], state, tile=4),
+                     matvec.matvec_apply(net, x[9:], state)])
+    assert _rel(got, autograd_ntk(net, x, x2) @ v) < 1e-12
+
+
+def test_the_split_matvec_refuses_a_trained_v_and_a_v_of_another_length():
+    with pytest.raises(ValueError, match="net: the split mat-vec"):
+        matvec.matvec_state(_net("lowrank", None, 8, 30), _points(5, 8, 0),
+                            torch.ones(5, dtype=F64))
+    with pytest.raises(ValueError, match="v: expected shape"):
+        matvec.matvec_state(_net("dense", None, 8, 30), _points(5, 8, 0),
+                            torch.ones(4, dtype=F64))

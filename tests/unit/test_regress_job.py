@@ -100,7 +100,7 @@ def test_a_stopped_solve_resumes_to_the_same_result(tmp_path):
     ("regress.rank=201", "regress.rank: 201 columns of H asked for, but there are only n=200"),
     ("data.test_fraction=0", "regress.test_metrics: the data has no test rows"),
     ("regress.rtol=0", "regress.rtol"),
-    ("dist.grid=[1,2]", "dist.grid: shapes the actors of fntk gram"),
+    ("dist.grid=[1,500]", "dist.grid: 500 row groups but only n="),
 ])
 def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys, override, match):
     code = main(["regress", str(_write(tmp_path, RAW)), override, "--out",
@@ -112,7 +112,8 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys, override, match):
 
 @pytest.mark.parametrize("overrides,match", [
     (["model.depth=2"], "model.depth: fntk regress on Ray splits the width of a depth-1 net"),
-    (["model.m=4", "model.k=2"], "dist.workers: 5 workers but only m=4 neurons"),
+    (["model.m=4", "model.k=2"], "dist.workers: 5 width shards but only m=4 neurons"),
+    (["dist.grid=[2,2]"], "dist.grid: 2 x 2 = 4 actors, but dist.workers = 5"),
 ])
 def test_what_ray_does_not_split_is_refused_before_any_worker(tmp_path, capsys, overrides,
                                                               match):
