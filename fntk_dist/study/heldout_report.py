@@ -25,6 +25,16 @@ def _cell(values: pd.Series) -> str:
     return pm(mean, half)
 
 
+def _count_gap_cell(g: pd.DataFrame) -> str:
+    """err net - NTK t, averaged as counts of test points: errors are counts over n_test, and
+    a mean of cancelling float fractions would print a residue (1.39e-18) instead of 0."""
+    n_test = g["n_test"].astype(float)
+    counts = ((g["final_test_error"] - g["ntk_emp_steps_test_error"]) * n_test).round()
+    mean, half, _ = mean_ci(counts)
+    n = float(n_test.iloc[0])  # one dataset per row of the table: the same n_test
+    return pm(None if mean is None else mean / n, None if half is None else half / n)
+
+
 def has_heldout(df: pd.DataFrame) -> bool:
     """Whether any trial measured the finite-time predictor (a held-out split and full-batch
     GD)."""
@@ -37,12 +47,9 @@ def heldout_table(df: pd.DataFrame) -> str:
     df = df[df["ntk_emp_steps_test_error"].notna()]
     rows = []
     for key, g in df.groupby(["dataset", "series", "m"], sort=True):
-        # Errors are counts over n_test, so their gaps are multiples of 1 / n_test: rounding
-        # drops the float residue that a mean of cancelling gaps would print (1.39e-18).
-        gap_err = (g["final_test_error"] - g["ntk_emp_steps_test_error"]).round(12)
         gap_mse = g["final_test_mse"] - g["ntk_emp_steps_test_mse"]
         rows.append([*key, g["replicate"].nunique(), *(_cell(g[c]) for _, c in _COLUMNS),
-                     _cell(gap_err), _cell(gap_mse)])
+                     _count_gap_cell(g), _cell(gap_mse)])
     header = ["dataset", "series", "m", "replicates", *(h for h, _ in _COLUMNS),
               "err net - NTK t", "mse net - NTK t"]
     return markdown_table(header, rows)
