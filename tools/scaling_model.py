@@ -31,14 +31,13 @@ import math
 import statistics
 import sys
 import tempfile
-import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from timing import spread  # noqa: E402
+from timing import spread, wall_times  # noqa: E402
 
 from fntk_dist.config import build_config  # noqa: E402
 from fntk_dist.gram.grid_plan import (  # noqa: E402
@@ -138,13 +137,7 @@ def train_table(args: argparse.Namespace) -> None:
 
 # -- CPU calibration ------------------------------------------------------------------------
 def _median_seconds(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return statistics.median(wall_times(fn, repeats))
 
 
 def calibrate_kernel(args: argparse.Namespace) -> tuple[float, float]:

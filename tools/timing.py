@@ -8,15 +8,20 @@ import time
 from collections.abc import Callable
 
 
-def best_of(fn: Callable[[], object], repeats: int) -> float:
-    """Best wall time of `repeats` calls, after one warm-up call."""
+def wall_times(fn: Callable[[], object], repeats: int) -> list[float]:
+    """Wall times of `repeats` calls, after one warm-up call."""
     fn()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return min(times)
+    return times
+
+
+def best_of(fn: Callable[[], object], repeats: int) -> float:
+    """Best wall time of `repeats` calls, after one warm-up call."""
+    return min(wall_times(fn, repeats))
 
 
 def per_call(fn: Callable[[], object], repeats: int, warmup: int = 2) -> tuple[float, float]:
