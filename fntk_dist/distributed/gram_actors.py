@@ -34,8 +34,7 @@ from ..gram.executor import Span, span_partial
 from ..models.config import ModelConfig
 from ..ntk import GramPartial
 from ..runtime import peak_rss_bytes, rss_bytes
-from .parallelize import shard_ranges
-from .shards import Placed, connect_and_place, start_shards, tree_sum
+from .shards import Placed, connect_and_place, start_grid, tree_sum
 
 
 @ray.remote
@@ -87,10 +86,9 @@ class RayExecutor:
         self.in_flight = cfg.gram.in_flight
         # Held for the whole job: every tile call (a retried one too) passes it.
         self.x_ref = ray.put(x.numpy())
-        width, rows = grid
-        shards = start_shards(GramShard, cfg, shard_ranges(cfg.model.m, width) * rows,
-                              x.shape[1], cfg.gram.block, placed, self.x_ref)
-        self.groups = [shards[r * width:(r + 1) * width] for r in range(rows)]
+        self.groups = start_grid(GramShard, cfg, grid, x.shape[1], cfg.gram.block, placed,
+                                 self.x_ref)
+        shards = [s for group in self.groups for s in group]
         self.nodes = sorted({ip for _, ip in ray.get([s.where.remote() for s in shards])})
 
     def _tile(self, group: list, span: Span) -> ray.ObjectRef:

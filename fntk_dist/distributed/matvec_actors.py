@@ -30,7 +30,7 @@ from ..ntk.rank_term import rank_factor, rank_matvec, trains_rank
 from ..regress.operator import row_spans, tiled_outputs
 from ..runtime import peak_rss_bytes
 from .parallelize import shard_ranges
-from .shards import Placed, connect_and_place, start_shards, tree_sum
+from .shards import Placed, connect_and_place, start_grid, tree_sum
 
 F64 = torch.float64
 
@@ -126,11 +126,9 @@ class RayOperator:
         self.tile = cfg.regress.tile
         self.x = x
         self.x_ref = ray.put(x.numpy())
-        width, rows = grid
-        shards = start_shards(MatvecShard, cfg, shard_ranges(cfg.model.m, width) * rows,
-                              x.shape[1], cfg.regress.block, placed, self.x_ref)
-        self.groups = [shards[r * width:(r + 1) * width] for r in range(rows)]
-        self.spans = shard_ranges(x.shape[0], rows)  # row group r's training points
+        self.groups = start_grid(MatvecShard, cfg, grid, x.shape[1], cfg.regress.block, placed,
+                                 self.x_ref)
+        self.spans = shard_ranges(x.shape[0], grid[1])  # row group r's training points
         self.shards = self.groups[0]
         self.finisher = cfg.model.build(x.shape[1], neurons=(0, 1))  # features and scale only
         # G over all neurons on the training points: fixed for the whole solve.

@@ -13,6 +13,7 @@ import ray
 from ..config import RunConfig
 from ..errors import ConfigError
 from .cluster import connect
+from .parallelize import shard_ranges
 
 Placed = tuple[str, dict]  # (device of each actor, its Ray resource request)
 
@@ -42,18 +43,20 @@ def connect_and_place(cfg: RunConfig, workers: int, field: str) -> Placed:
                      field)
 
 
-def start_shards(actor: type, cfg: RunConfig, ranges: list[tuple[int, int]], d: int,
-                 block: int | None, placed: Placed, x_ref: ray.ObjectRef) -> list:
-    """One `actor` per neuron range, built (model, d, neurons, block, device) and holding the
-    points of x_ref when this returns, so a job times its own work alone."""
+def start_grid(actor: type, cfg: RunConfig, grid: tuple[int, int], d: int,
+               block: int | None, placed: Placed, x_ref: ray.ObjectRef) -> list[list]:
+    """A (W, R) grid of `actor`: R row groups of W actors, one per neuron range of the
+    net's width, each built (model, d, neurons, block, device) and holding the points of
+    x_ref when this returns, so a job times its own work alone."""
     device, request = placed
+    width, rows = grid
     options = dict(max_restarts=-1, max_task_retries=-1, scheduling_strategy="SPREAD",
                    **request)
     model = cfg.model.model_dump(mode="json")
-    shards = [actor.options(**options).remote(model, d, neurons, block, device)
-              for neurons in ranges]
-    ray.get([s.load.remote(x_ref) for s in shards])
-    return shards
+    groups = [[actor.options(**options).remote(model, d, neurons, block, device)
+               for neurons in shard_ranges(cfg.model.m, width)] for _ in range(rows)]
+    ray.get([s.load.remote(x_ref) for group in groups for s in group])
+    return groups
 
 
 def tree_sum(actors: list, refs: list[ray.ObjectRef]) -> ray.ObjectRef:
