@@ -65,9 +65,20 @@ def wait_for_tiles(proc: subprocess.Popen, out: Path, count: int, timeout: float
         time.sleep(0.02)
 
 
-def shard_processes() -> list[psutil.Process]:
-    return [p for p in psutil.process_iter(["cmdline"])
-            if any("ray::GramShard" in part for part in (p.info["cmdline"] or []))]
+def shard_processes(job: subprocess.Popen | None = None) -> list[psutil.Process]:
+    """The GramShard actor processes: of this job's embedded cluster (its descendants), or
+    on the whole machine (None)."""
+    procs = (psutil.process_iter(["cmdline"]) if job is None
+             else psutil.Process(job.pid).children(recursive=True))
+    return [p for p in procs
+            if any("ray::GramShard" in part for part in (_cmdline(p) or []))]
+
+
+def _cmdline(p: psutil.Process) -> list[str] | None:
+    try:
+        return p.cmdline()
+    except psutil.Error:  # gone meanwhile
+        return None
 
 
 # A 2 x 2 grid: the victim is one of the four shards, a leaf or a root of its group's sum.
@@ -76,7 +87,7 @@ def test_killed_worker_is_replaced_and_the_result_is_exact(tmp_path, reference, 
     out = tmp_path / "g"
     proc = start(tmp_path, out, layout)
     wait_for_tiles(proc, out, 10)
-    victims = shard_processes()
+    victims = shard_processes(proc)  # not another job's on a shared machine
     assert len(victims) == actors, "not every shard actor found"
     os.kill(victims[-1].pid, signal.SIGKILL)
     assert tiles_written(out) < TILES, "the job finished before the kill: make it longer"
