@@ -137,8 +137,6 @@ def check_train(cfg: RunConfig, data: Dataset) -> TrainPlan:
         raise ConfigError(f"deepspeed.zero_stage: ZeRO stage {ds.zero_stage} keeps float32 "
                           "master weights, so a float64 model would train in float32; use "
                           "model.dtype float32, or deepspeed.zero_stage 0 for float64")
-    if ds.precision == "bf16" and tc.device == "cpu":
-        raise ConfigError("deepspeed.precision: bf16 needs GPUs; train.device is cpu")
     if ds.precision == "bf16" and cfg.model.dtype != "float32":
         raise ConfigError("deepspeed.precision: bf16 mixed precision keeps float32 master "
                           f"weights; set model.dtype float32 (it is {cfg.model.dtype})")

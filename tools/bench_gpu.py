@@ -33,6 +33,7 @@ import itertools
 import json
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -249,7 +250,15 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("gpu_report"))
     ap.add_argument("--pytest-log", type=Path, default=None)
     ap.add_argument("--pytest-rc", type=int, default=None)
+    ap.add_argument("--render", type=Path, default=None, metavar="REPORT_JSON",
+                    help="print the Markdown of a report.json written earlier; run nothing")
     args = ap.parse_args()
+    if args.render is not None:
+        try:
+            sys.stdout.write(markdown(json.loads(args.render.read_text())))
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            ap.error(f"--render {args.render}: not a report.json of this tool ({err})")
+        return
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: torch sees no CUDA device (use --device cpu --small)")
     if args.repeats < 1:

@@ -65,12 +65,13 @@ if ! "$py" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1
     exit 0
 fi
 
-# The modules the GPU tests and the benchmark import, beyond torch.
+# The modules the GPU tests and the benchmark import, beyond torch (not wandb: they run with
+# tracking off, and fntk_dist imports it only when tracking.wandb is on).
 missing() {
     "$py" - <<'EOF'
 import importlib.util
 mods = ["ray", "deepspeed", "pytest", "hypothesis", "pyarrow", "pydantic", "yaml", "numpy",
-        "scipy", "matplotlib", "sklearn", "tqdm", "psutil", "pandas", "wandb"]
+        "scipy", "matplotlib", "sklearn", "tqdm", "psutil", "pandas"]
 print(" ".join(m for m in mods if importlib.util.find_spec(m) is None))
 EOF
 }

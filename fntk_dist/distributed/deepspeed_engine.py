@@ -52,7 +52,11 @@ def ds_config(cfg: RunConfig, micro_batch: int, data: int) -> dict:
     if ds.offload:
         zero["offload_optimizer"] = {"device": "cpu"}
     if ds.precision == "bf16":
-        conf["bf16"] = {"enabled": True}
+        # torch.autocast inside the engine, float32 parameters: the blocked walk runs its block
+        # products in bf16 (train.blocked.block_dtype) and keeps its sums and gradients in
+        # float32. DeepSpeed's "bf16" section would cast the parameters but not the fixed
+        # sketches (buffers), and the walk's products would mix dtypes.
+        conf["torch_autocast"] = {"enabled": True, "dtype": "bfloat16"}
     return conf
 
 

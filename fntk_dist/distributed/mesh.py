@@ -57,22 +57,34 @@ class Mesh:
     def sum_width(self, t: torch.Tensor) -> torch.Tensor:
         """t summed over the width group, in place (a no-op on a width of 1)."""
         if self.width > 1:
-            dist.all_reduce(t, group=self._width_group)
+            _all_reduce(t, dist.ReduceOp.SUM, self._width_group)
             self.moved["width"] += t.numel() * t.element_size()
         return t
 
     def max_width(self, t: torch.Tensor) -> torch.Tensor:
         if self.width > 1:
-            dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self._width_group)
+            _all_reduce(t, dist.ReduceOp.MAX, self._width_group)
         return t
 
     def sum_data(self, t: torch.Tensor) -> torch.Tensor:
         if self.data > 1:
-            dist.all_reduce(t, group=self._data_group)
+            _all_reduce(t, dist.ReduceOp.SUM, self._data_group)
             self.moved["data"] += t.numel() * t.element_size()
         return t
 
     def max_all(self, t: torch.Tensor) -> torch.Tensor:
         """t's largest value over every rank, in place."""
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        _all_reduce(t, dist.ReduceOp.MAX, None)
         return t
+
+
+def _all_reduce(t: torch.Tensor, op: dist.ReduceOp, group) -> None:
+    """dist.all_reduce of t in place. nccl reduces device tensors only, so on an nccl group a
+    CPU tensor (the resident-memory maxima, the diagnostics' counts) goes through this rank's
+    GPU and back."""
+    if t.device.type == "cpu" and dist.get_backend(group) == "nccl":
+        on_gpu = t.to(torch.device("cuda", torch.cuda.current_device()))
+        dist.all_reduce(on_gpu, op=op, group=group)
+        t.copy_(on_gpu)
+    else:
+        dist.all_reduce(t, op=op, group=group)

@@ -26,6 +26,16 @@ class TrainingFailed(RuntimeError):
     """The worker group failed more often than dist.max_failures allows."""
 
 
+def failure_line(err: BaseException) -> str:
+    """One line saying why training failed: the first failed worker's own error (its last
+    line, 'RuntimeError: ...') where Ray Train reports one, else the error's first line."""
+    for rank, exc in sorted((getattr(err, "worker_failures", None) or {}).items()):
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        return f"worker {rank}: {lines[-1] if lines else type(exc).__name__}"
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
 def last_checkpoint_step(out_dir: Path) -> int | None:
     """The step of the checkpoint Ray Train registered for this run (what it restores from)."""
     try:
@@ -62,9 +72,6 @@ def connect_for_training(cfg: RunConfig, plan: TrainPlan, verbose: bool = False)
     connect(cfg.dist.address, cfg.dist.connect_timeout_s, min_cpus=workers,
             log_to_driver=verbose)
     gpus = ray.cluster_resources().get("GPU", 0)
-    if cfg.deepspeed.precision == "bf16" and gpus < workers:
-        raise ConfigError(f"deepspeed.precision: bf16 needs a GPU per worker; the cluster has "
-                          f"{gpus:g} GPUs for {workers} workers")
     if cfg.train.device == "cuda" and gpus < workers:
         raise ConfigError(f"train.device: cuda needs a GPU per worker; the cluster has "
                           f"{gpus:g} GPUs for {workers} workers")
@@ -104,13 +111,12 @@ def run_train_distributed(cfg: RunConfig, out_dir: Path, plan: TrainPlan, cluste
     except SystemExit:  # Ray Train's own Ctrl-C handler aborts the run, then exits
         raise KeyboardInterrupt from None
     except Exception as err:  # Ray Train's TrainingFailedError, after max_failures restarts
-        first = str(err).strip().splitlines()
         again = ("continue it with --resume from its last checkpoint"
                  if has_checkpoint(out_dir) else "no checkpoint was written")
         logs = "" if verbose else f" (worker output: {out_dir / LOGS})"
         raise TrainingFailed(
             f"training failed (dist.max_failures = {cfg.dist.max_failures}): "
-            f"{first[0] if first else type(err).__name__}; {again}{logs}") from err
+            f"{failure_line(err)}; {again}{logs}") from err
     if not (out_dir / "summary.json").exists():  # aborted by Ctrl-C before the end
         raise KeyboardInterrupt
     return json.loads((out_dir / "summary.json").read_text())

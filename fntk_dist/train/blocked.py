@@ -113,16 +113,50 @@ def _scratch(name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Ten
     return flat[:numel].view(shape)
 
 
-def _to_rank(layer, y: torch.Tensor, i0: int, i1: int) -> torch.Tensor:
-    """Y U[i0:i1] (Layer.to_rank), into this thread's buffer where U is a stored matrix."""
+def block_dtype(net: Network, x: torch.Tensor) -> torch.dtype | None:
+    """The dtype of the walk's block products: autocast's (bf16, say) where autocast is on for
+    x's device, the net is float32 and its last layer stores the rows it multiplies (every mode
+    but sketch_out, whose fast sketches run in the net's dtype); None (the net's dtype)
+    otherwise. As under autocast, each product rounds to that dtype while sums over blocks,
+    the parameters and their gradients stay in the net's."""
+    kind = x.device.type
+    if (net.layers[-1].mode == "sketch_out" or x.dtype != torch.float32
+            or not torch.is_autocast_enabled(kind)):
+        return None
+    return torch.get_autocast_dtype(kind)
+
+
+def _relu_block(layer, feats: torch.Tensor, i0: int, i1: int,
+                lowp: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """relu(P) of neurons [i0, i1) in this thread's block buffer (feats' dtype), and the rows
+    P came from (None for sketch_out's fast sketches): cast into this thread's buffer in a
+    low-precision walk. On CUDA the relu runs in the GEMM's epilogue (cuBLASLt, through
+    torch._addmm_activation with a zero bias), which spares a pass over the n x block buffer."""
+    buf = _scratch("block", (feats.shape[0], i1 - i0), feats)
     if layer.mode == "sketch_out":
-        return layer.to_rank(y, i0, i1)
-    return torch.mm(y, layer.U[i0:i1], out=_scratch("rank", (y.shape[0], layer.k), y))
+        return layer.preact(feats, i0, i1, out=buf).relu_(), None
+    rows = layer.W[i0:i1] if layer.mode == "dense" else layer.U[i0:i1]
+    if lowp is not None:
+        rows = _scratch("rows", tuple(rows.shape), feats).copy_(rows)
+    if feats.is_cuda:
+        zero = _scratch("zero_bias", (i1 - i0,), feats).zero_()
+        return torch._addmm_activation(zero, feats, rows.T, out=buf), rows
+    return torch.mm(feats, rows.T, out=buf).relu_(), rows
+
+
+def _into(dest: torch.Tensor, op, *args: torch.Tensor) -> None:
+    """dest = op(*args): written in place where the dtypes agree, else copied (rounded up from
+    a low-precision product into the gradient's dtype)."""
+    if args[0].dtype == dest.dtype:
+        op(*args, out=dest)
+    else:
+        dest.copy_(op(*args))
 
 
 class _BlockedOutput(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, net, groups, blocks, threads, spare, *params):
+        ctx.lowp = block_dtype(net, x)  # read before autocast is turned off for the walk
         with torch.autocast(x.device.type, enabled=False):  # see blocked_output
             return _BlockedOutput._forward(ctx, x, net, groups, blocks, threads, spare, *params)
 
@@ -133,14 +167,18 @@ class _BlockedOutput(torch.autograd.Function):
 
     @staticmethod
     def _forward(ctx, x, net, groups, blocks, threads, spare, *params):  # noqa: ARG004
-        layer, a = net.layers[-1], net.a
+        layer, a, lowp = net.layers[-1], net.a, ctx.lowp
         feats = layer.features(x)
         n = x.shape[0]
         out = torch.zeros(n, dtype=x.dtype, device=x.device)
+        fc, ac = (feats, a) if lowp is None else (feats.to(lowp), a.to(lowp))
 
         def compute(i0, i1):
-            p = layer.preact(feats, i0, i1, out=_scratch("block", (n, i1 - i0), x)).relu_()
-            return lambda: out.addmv_(p, a[i0:i1])
+            p = _relu_block(layer, fc, i0, i1, lowp)[0]
+            if lowp is None:
+                return lambda: out.addmv_(p, a[i0:i1])
+            share = torch.mv(p, ac[i0:i1])  # a block's sum in lowp, the sum of blocks in x's
+            return lambda: out.add_(share)
 
         walk(blocks, compute, threads)
         ctx.save_for_backward(x, feats)
@@ -170,25 +208,35 @@ class _BlockedOutput(torch.autograd.Function):
         rank = (x.new_zeros(n, layer.k)
                 if Role.RANK in want or (back and layer.mode != "dense") else None)
         e = (grad_out / math.sqrt(net.m))[:, None]
+        lowp = ctx.lowp
+        fc, ac, ec = ((feats, a, e) if lowp is None
+                      else (feats.to(lowp), a.to(lowp), e.to(lowp)))
 
         def compute(i0, i1):
-            # The block is turned in place into relu(P) where a needs it, then into the masked
-            # residual S o e, so it stays in cache and nothing n x block is allocated.
-            p = layer.preact(feats, i0, i1, out=_scratch("block", (n, i1 - i0), x))
+            # The block, relu(P), is turned in place into the masked residual S o e in one pass
+            # (threshold_backward: e where P > 0, else 0), so nothing n x block is allocated;
+            # a scales the block's rows (i1 - i0 of them) rather than the n x block residual.
+            r, rows_b = _relu_block(layer, fc, i0, i1, lowp)
             if readout is not None:
-                torch.mv(p.clamp_(min=0).T, e[:, 0], out=readout[i0:i1])
-            me = p.gt_(0).mul_(e)  # S = 1[P > 0] in P's dtype
+                _into(readout[i0:i1], torch.mv, r.T, ec[:, 0])
+            me = torch.ops.aten.threshold_backward.grad_input(
+                ec.expand(r.shape), r, 0, grad_input=r)
             if rows is not None:
-                torch.mm(me.T, feats, out=rows[i0:i1])
+                _into(rows[i0:i1], torch.mm, me.T, fc)
                 rows[i0:i1] *= a[i0:i1, None]
-            if rank is not None:
-                share = _to_rank(layer, me.mul_(a[i0:i1]), i0, i1)
-                return lambda: rank.add_(share)
-            if dense_back is not None:
-                share = torch.mm(me.mul_(a[i0:i1]), layer.W[i0:i1],
-                                 out=_scratch("dense", x.shape, x))
-                return lambda: dense_back.add_(share)
-            return None  # nothing shared: the threads need not wait for each other
+            if rank is None and dense_back is None:
+                return None  # nothing shared: the threads need not wait for each other
+            if rows_b is None:  # sketch_out: its adjoint takes the scaled residual
+                share = layer.to_rank(me.mul_(a[i0:i1]), i0, i1)
+            else:
+                scaled = _scratch("rows_a", tuple(rows_b.shape), rows_b)
+                torch.mul(rows_b, ac[i0:i1, None], out=scaled)
+                if lowp is None:
+                    share = torch.mm(me, scaled, out=_scratch("share", (n, scaled.shape[1]), x))
+                else:
+                    share = me @ scaled
+            acc = rank if rank is not None else dense_back
+            return lambda: acc.add_(share)
 
         walk(ctx.blocks, compute, ctx.threads)
         if rank is not None:  # dL/dZ of this shard's neurons; Z was summed over input shards
@@ -211,9 +259,9 @@ def blocked_output(net: Network, x: torch.Tensor, block: int | None = None,
     using torch's intra-op threads; ignored on CUDA). spare: where the step's gradients come
     from (SpareGrads; fresh tensors without one).
 
-    Under autocast the layers below run as autocast says, and the last layer's walk in the
-    net's dtype: it writes into preallocated buffers of that dtype, which autocast's casts
-    would not match, and its gradients go straight into the parameters' dtype.
+    Under autocast the layers below run as autocast says, and so do the last layer's block
+    products (block_dtype: bf16 GEMMs on tensor cores, each rounded to bf16 as autocast's
+    would be), while the walk's sums over blocks and the gradients stay in the net's dtype.
     """
     n = x.shape[0]
     b = default_train_block(net, n) if block is None else block

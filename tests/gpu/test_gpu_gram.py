@@ -84,13 +84,13 @@ def test_float32_gram_on_cuda_is_within_1e6_of_the_float64_cpu_gram():
 
 
 def test_bfloat16_overlap_is_bit_identical_to_the_float64_product():
-    # Counts up to 70000 (well past bfloat16's 256 and float16's 2048) in one block.
+    # Counts near 70000 * 0.5 * 0.7 = 24500 (well past bfloat16's 256 and float16's 2048).
     g = torch.Generator(device=CUDA).manual_seed(0)
     s1 = (torch.rand(300, 70000, generator=g, device=CUDA) > 0.5).to(torch.bfloat16)
     s2 = (torch.rand(200, 70000, generator=g, device=CUDA) > 0.3).to(torch.bfloat16)
     got = torch.mm(s1, s2.T, torch.float32)
     want = s1.double() @ s2.double().T
-    assert got.dtype == torch.float32 and float(want.max()) > 40000
+    assert got.dtype == torch.float32 and float(want.max()) > 20000
     assert torch.equal(got.double(), want)
     # What the exact product avoids: a bfloat16 result rounds counts above 256.
     assert not torch.equal((s1 @ s2.T).double(), want)
@@ -145,11 +145,18 @@ def test_the_inner_loop_never_synchronises_with_the_host(mode, sketch):
         sym = partial_sums(net, x[:256], None, 512, None, counts)
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    # The same sums as the executor's path, which checks and copies to the CPU.
+    # The same sums as the executor's path, which checks and copies to the CPU. countsketch's
+    # adjoint is a scatter-add (index_add), whose CUDA atomics add in no fixed order: its
+    # float32 rank sums agree to rounding, the others bit for bit.
     for got, span in ((part, ((0, 256), (256, 512))), (sym, ((0, 256), (0, 256)))):
         ref = span_partial(net, x, span, 512)
         for a, b in zip(got.terms, ref.terms):
-            assert all(torch.equal(s.cpu(), t) for s, t in zip(a.tensors(), b.tensors()))
+            for s, t in zip(a.tensors(), b.tensors()):
+                if sketch == "countsketch":
+                    scale = float(t.abs().max())
+                    torch.testing.assert_close(s.cpu(), t, rtol=1e-5, atol=1e-5 * scale)
+                else:
+                    assert torch.equal(s.cpu(), t)
 
 
 def test_blocks_come_from_free_device_memory():

@@ -61,9 +61,29 @@ def test_deep_blocked_step_on_cuda_equals_the_cpu():
         assert float((a - b).abs().max() / b.abs().max()) < 1e-10
 
 
+@pytest.mark.parametrize("mode,sketch", net_grid())
+def test_bf16_autocast_step_on_cuda_is_within_bf16_of_float64(mode, sketch):
+    # The block products in bf16 on tensor cores (block_dtype), the sums in float32: within
+    # bf16's reach of the float64 CPU gradients (a few percent: bf16 pre-activations flip a few
+    # activation bits), and not within float32's (they did run in bf16), except sketch_out,
+    # whose fast sketches stay float32.
+    x, y = _data(256, 32)
+    k = None if mode == "dense" else 8
+    _, want = _grads(TwoLayerNet(32, 4096, mode, k, sketch, True, 0, F64), x, y, 1024)
+    net = TwoLayerNet(32, 4096, mode, k, sketch, True, 0, torch.float32, CUDA)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = blocked_output(net, x.float().to(CUDA), 1024)
+    (0.5 * ((out.double() - y.to(CUDA)) ** 2).sum()).backward()
+    got = [p.grad.cpu() for p in net.parameters() if p.requires_grad]
+    assert all(g.dtype == torch.float32 for g in got)
+    err = max(float((a.double() - b).norm() / b.norm()) for a, b in zip(got, want))
+    assert (err < 1e-5) if mode == "sketch_out" else (1e-5 < err < 0.1), err
+
+
+@pytest.mark.parametrize("autocast", [False, True])
 @pytest.mark.parametrize("mode,sketch", [("dense", None), ("sketch_in", "srht"),
                                          ("sketch_out", "countsketch"), ("lowrank", None)])
-def test_the_training_step_never_synchronises_with_the_host(mode, sketch):
+def test_the_training_step_never_synchronises_with_the_host(mode, sketch, autocast):
     net = TwoLayerNet(64, 8192, mode, None if mode == "dense" else 32, sketch, True, 0,
                       torch.float32, CUDA)
     x, y = (t.to(CUDA) for t in _data(512, 64, torch.float32))
@@ -71,7 +91,8 @@ def test_the_training_step_never_synchronises_with_the_host(mode, sketch):
 
     def step() -> torch.Tensor:
         opt.zero_grad(set_to_none=True)
-        loss = 0.5 * ((blocked_output(net, x, 1024) - y) ** 2).sum()
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+            loss = 0.5 * ((blocked_output(net, x, 1024) - y) ** 2).sum()
         loss.backward()
         opt.step()
         return loss.detach()

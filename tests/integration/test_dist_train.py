@@ -96,6 +96,25 @@ def test_every_zero_stage_and_offload_trains(ray_cluster, tmp_path):
         assert got[-1] < got[0] / 100, (name, got[0], got[-1])
 
 
+def test_bf16_moves_the_curve_off_float32_but_only_a_little(ray_cluster, tmp_path):
+    """deepspeed.precision bf16 is torch autocast inside the engine over float32 parameters:
+    the blocked walk's products round to bf16 (on gloo and the CPU as on a GPU), so the loss
+    curve leaves the float32 one, yet stays within 2% of the starting loss of it, under ZeRO
+    too."""
+    runs = {"fp32": {"zero_stage": 0}, "bf16": {"zero_stage": 0, "precision": "bf16"},
+            "bf16_zero2": {"zero_stage": 2, "precision": "bf16"}}
+    cfgs = {name: config({"mode": "dense", "m": 64, "dtype": "float32"}, steps=20,
+                         deepspeed=ds, data={"n": 8, "d": 8})
+            for name, ds in runs.items()}
+    out = fit(tmp_path, cfgs, width=1, data=2)
+    ref = losses(out / "fp32")
+    for name in ("bf16", "bf16_zero2"):
+        got = losses(out / name)
+        assert got != ref and got[-1] < got[0] / 100, (name, got[0], got[-1])
+        gap = max(abs(a - b) for a, b in zip(got, ref, strict=True))
+        assert gap < 0.02 * ref[0], (name, gap, ref[0])
+
+
 def write_config(tmp_path: Path, cfg: RunConfig) -> Path:
     path = tmp_path / "train.yaml"
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
@@ -157,7 +176,7 @@ BAD = {
     "stage": (["deepspeed.zero_stage=4"], "deepspeed.zero_stage"),
     "float64_zero": (["deepspeed.zero_stage=1"], "deepspeed.zero_stage"),
     "offload": (["model.dtype=float32", "deepspeed.offload=true"], "deepspeed.offload"),
-    "bf16_cpu": (["model.dtype=float32", "deepspeed.precision=bf16"], "deepspeed.precision"),
+    "bf16_float64": (["deepspeed.precision=bf16"], "deepspeed.precision"),
     "address": (["--address", "127.0.0.1:9"], "--address"),
     # Rules that need the data's size, checked on the driver as in one process:
     "lr_unset": (["train.gram_max_n=8"], "train.lr: required when n=16"),

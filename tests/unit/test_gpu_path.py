@@ -108,6 +108,10 @@ def test_bench_gpu_runs_its_code_path_on_the_cpu(tmp_path):
     assert report["tests"] == {"rc": 0, "summary": "4 passed in 1.00s"}
     text = (out / "report.md").read_text()
     assert text.startswith("# GPU check: CPU") and "| dense n=256 m=2048 d=64 | float64 |" in text
+    # --render remakes the Markdown from the JSON alone (how docs/gpu is regenerated).
+    again = subprocess.run([*cmd[:2], "--render", str(out / "report.json")], capture_output=True,
+                           text=True, timeout=120, cwd=ROOT)
+    assert again.returncode == 0 and again.stdout == text, again.stderr
 
 
 @pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="a machine with nvidia-smi")
