@@ -58,12 +58,13 @@ class Rates:
         return self.peak_flops * width / (width + self.half_width)
 
 
-# Calibrated on this 2-core CPU host, one thread per actor, float64 net:
+# Calibrated on this 2-core CPU host, one thread per actor, float64 net, on 2026-11-26 with the
+# host otherwise idle (load average 0.96 before):
 #   .venv/bin/python tools/scaling_model.py --calibrate
 # (kernel rate vs neurons per block: span_partial on a 1024 x 1024 tile; call and link: Ray
 # calls returning 0 and 8 MB; finish: finish_tile of 1024 x 1024 tiles in this process).
-CPU_RATES = Rates(name="cpu", peak_flops=46e9, half_width=12.0, link_bytes_s=1.5e9,
-                  call_s=1.0e-3, cores=os.cpu_count() or 1, finish_flops=20e9, finish_s=2e-3)
+CPU_RATES = Rates(name="cpu", peak_flops=51e9, half_width=360.0, link_bytes_s=1.8e8,
+                  call_s=0.85e-3, cores=os.cpu_count() or 1, finish_flops=34e9, finish_s=3.2e-4)
 
 
 def h100_rates(dtype: str = "float32", link_bytes_s: float = 25e9) -> Rates:
