@@ -35,14 +35,26 @@ from timing import per_call, spread
 
 from fntk_dist import TwoLayerNet
 from fntk_dist.train.blocked import SpareGrads, blocked_output
+from fntk_dist.train.config import TrainConfig
 from fntk_dist.train.memory import keep_freed_memory
+from fntk_dist.train.parts import TorchEngine
 
 NETS = ("dense", "sketch_in")
 
 
 def make_step(net: TwoLayerNet, x: torch.Tensor, y: torch.Tensor, block: int | None,
               threads: int | None):
-    """TorchEngine's step: last step's gradients recycled, blocked forward and backward, SGD."""
+    """TorchEngine's step (threads None: `fntk train`'s own engine, walkers and all): last
+    step's gradients recycled, blocked forward and backward, SGD. With threads set, the same
+    step walked by that many threads with the calling thread's intra-op threads as they are."""
+    if threads is None:
+        engine = TorchEngine(net, TrainConfig(block=block), eta=1e-6)
+
+        def step():
+            engine.backward(0.5 * ((engine.forward(x) - y) ** 2).sum())
+            engine.step()
+
+        return step
     params = [p for p in net.parameters() if p.requires_grad]
     opt, spare = torch.optim.SGD(params, lr=1e-6), SpareGrads()
 

@@ -61,14 +61,15 @@ def default_train_block(net: Network, n: int) -> int:
     return max(64, min(net.m_local, 4096, (1 << 18) // max(1, n)))
 
 
-def walk_threads(net: Network, n: int, block: int) -> int:
-    """Threads that walk the blocks: torch's thread count on the CPU where a block is large
-    enough to pay for the hand-over, 1 (the calling thread) otherwise and on CUDA."""
+def walk_threads(net: Network, n: int, block: int, count: int | None = None) -> int:
+    """Threads that walk the blocks: `count` (default torch's thread count) on the CPU where a
+    block is large enough to pay for the hand-over, 1 (the calling thread) otherwise and on
+    CUDA."""
     layer = net.layers[-1]
     if net.device.type != "cpu" or n * min(block, net.m_local) * layer.feature_dim \
             < MIN_THREADED_WORK:
         return 1
-    return torch.get_num_threads()
+    return torch.get_num_threads() if count is None else count
 
 
 class SpareGrads:

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import torch
 
 from ..models.network import Network
-from .blocked import SpareGrads, blocked_output
+from .blocked import SpareGrads, blocked_output, default_train_block, walk_threads
 from .config import TrainConfig
 
 
@@ -73,7 +73,13 @@ def make_optimizer(tc: TrainConfig, params: list[torch.nn.Parameter],
 
 
 class TorchEngine:
-    """A torch optimizer around the neuron-blocked output, in this process."""
+    """A torch optimizer around the neuron-blocked output, in this process.
+
+    Where the blocks are walked by several threads (CPU), this thread runs the step's own ops
+    (features, loss, optimizer) on one intra-op thread: GNU OpenMP's idle workers spin for
+    about 10 ms after each parallel region of this thread (300,000 pauses on these AMD cores)
+    and took a core from the walkers: a 2-thread sketch_in step took 0.0333 s, 0.0264 s
+    without (tools/bench_step.py --processes 5; docs/DESIGN.md, "Neuron-blocked step")."""
 
     FILE = "engine.pt"
 
@@ -83,16 +89,25 @@ class TorchEngine:
         self.opt = make_optimizer(tc, self.params, eta)
         # Each step's gradients are written into the last step's (no allocation per step).
         self.spare = SpareGrads()
+        self.threads = torch.get_num_threads()  # the walkers', fixed now
+        self.walkers = 1  # of the last forward
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return blocked_output(self.net, x, self.block, spare=self.spare)
+        n = x.shape[0]
+        block = default_train_block(self.net, n) if self.block is None else self.block
+        self.walkers = walk_threads(self.net, n, block, self.threads)
+        with _caller_alone(self.walkers > 1):
+            return blocked_output(self.net, x, self.block, threads=self.walkers,
+                                  spare=self.spare)
 
     def backward(self, loss: torch.Tensor) -> None:
         self.spare.recycle(self.params)  # zero_grad(set_to_none=True), the memory kept
-        loss.backward()
+        with _caller_alone(self.walkers > 1):
+            loss.backward()
 
     def step(self) -> None:
-        self.opt.step()
+        with _caller_alone(self.walkers > 1):
+            self.opt.step()
 
     def gathered(self) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()
@@ -108,6 +123,20 @@ class TorchEngine:
 
     def describe(self) -> dict[str, Any]:
         return {"engine": "torch", "zero_stage": None, "offload": False, "precision": "fp32"}
+
+
+@contextlib.contextmanager
+def _caller_alone(alone: bool) -> Iterator[None]:
+    """This thread on one intra-op thread inside (where `alone`), its count put back after."""
+    if not alone:
+        yield
+        return
+    keep = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(keep)
 
 
 class Checkpointer(Protocol):
