@@ -96,9 +96,8 @@ class TorchEngine:
         n = x.shape[0]
         block = default_train_block(self.net, n) if self.block is None else self.block
         self.walkers = walk_threads(self.net, n, block, self.threads)
-        with _caller_alone(self.walkers > 1):
-            return blocked_output(self.net, x, self.block, threads=self.walkers,
-                                  spare=self.spare)
+        with _caller_alone(self.walkers > 1):  # the block chosen here, not again inside
+            return blocked_output(self.net, x, block, threads=self.walkers, spare=self.spare)
 
     def backward(self, loss: torch.Tensor) -> None:
         self.spare.recycle(self.params)  # zero_grad(set_to_none=True), the memory kept

@@ -204,7 +204,7 @@ def test_bf16_block_products_are_as_accurate_as_bf16_allows(mode, sketch, thread
     """Under bf16 autocast the blocked gradients are within bf16's reach of the float64 ones,
     and not within float32's: the products did run in bf16, in every mode that stores its
     rows; sketch_out's fast sketches stay float32-exact. bf16's reach is a few percent, not
-    2^-8: pre-activations rounded to bf16 flip a few activation bits (0.07% here), and each
+    2^-8: pre-activations rounded to bf16 flip a few activation bits, and each
     flip moves a row's gradient by a whole term of its sum (as under plain autocast)."""
     k = None if mode == "dense" else 4
     ref_net = TwoLayerNet(9, 300, mode, k, sketch, True, 3, torch.float64)
