@@ -18,7 +18,8 @@ synchronise the device before they read the clock):
 - training step (target: sketch_in, m = 2^20, k = 128, d = 1024, n = 8192, bf16 autocast;
   in the blocks `fntk train` picks and, on CUDA, in blocks from free device memory):
   model FLOPs (net.cost().train_step_flops * n) per second as a fraction of the bfloat16 peak
-  (target: >= 40%), with and without autocast.
+  (target: >= 40%), with and without autocast; under autocast on CUDA both with the fused
+  kernels (train.fused) and with the walk they replace.
 
 --device cpu --small runs the same code on the CPU at toy sizes (a unit test does): its
 timings mean nothing. --pytest-log/--pytest-rc put a test run's outcome into the report
@@ -45,6 +46,7 @@ from fntk_dist.models.blocks import device_block
 from fntk_dist.ntk.empirical import partial_sums
 from fntk_dist.ntk.gram_terms import unit_readout
 from fntk_dist.runtime import synchronize
+from fntk_dist.train import fused
 from fntk_dist.train.blocked import blocked_output
 
 SIZES = {
@@ -169,22 +171,26 @@ def step_runs(size: dict, device: torch.device, repeats: int, peak: float) -> li
     blocks = {"default": None}
     if device_block(n, device) is not None:
         blocks["device"] = device_block(n, device)
+    # bf16 steps twice where train.fused's kernels run: fused, and the walk they replace.
+    kernels_run = fused.available(torch.empty(0, k, device=device))  # on the features (k)
+    variants = [(True, True), (True, False)] if kernels_run else [(True, False)]
     out = []
-    for (source, block), autocast in itertools.product(blocks.items(), (True, False)):
-        def step(block=block, autocast=autocast) -> None:
+    for (source, block), (autocast, kernels) in itertools.product(
+            blocks.items(), [*variants, (False, False)]):
+        def step(block=block, autocast=autocast, kernels=kernels) -> None:
             opt.zero_grad(set_to_none=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                loss = 0.5 * ((blocked_output(net, x, block) - y) ** 2).sum()
+                loss = 0.5 * ((blocked_output(net, x, block, fused=kernels) - y) ** 2).sum()
             loss.backward()
             opt.step()
 
         row = {"mode": "sketch_in", "n": n, "m": m, "d": d, "k": k, "bf16_autocast": autocast,
                "blocks": source if block is None else f"{source} ({block})",
-               "model_flops": flops}
+               "kernels": "fused" if kernels else "walk", "model_flops": flops}
         try:
             t = timed(step, device, repeats)
-        except RuntimeError as err:  # recorded: the report says what fails on this device
-            out.append({**row, "error": str(err).splitlines()[0]})
+        except Exception as err:  # recorded (a CUDA or a Triton error): what fails on this device
+            out.append({**row, "error": f"{type(err).__name__}: {str(err).splitlines()[0]}"})
             continue
         tflops = flops / t["median_s"] / 1e12
         out.append({**row, **t, "tflops": tflops, "fraction_of_bf16_peak": tflops / peak})
@@ -201,7 +207,9 @@ def markdown(report: dict) -> str:
     """The report as Markdown: the device, the peaks, then one table per benchmark."""
     peak = report["peak"]
     lines = [f"# GPU check: {report['device_name']}", "",
-             f"torch {report['torch']}, CUDA {report['cuda']}, sizes: {report['sizes']}, "
+             f"torch {report['torch']}, CUDA {report['cuda']}"
+             f"{', triton ' + report['triton'] if report.get('triton') else ''}, "
+             f"sizes: {report['sizes']}, "
              f"{report['repeats']} timed repeats (median, [min, max]).", ""]
     if "tests" in report:
         tests = report["tests"]
@@ -225,11 +233,12 @@ def markdown(report: dict) -> str:
               "| of bf16 peak |", "|---|---|---|---|---|---|"]
     for s in report["step"]:
         name = f"{s['mode']} n={s['n']} m={s['m']} d={s['d']} k={s['k']}"
+        blocks = s["blocks"] if "kernels" not in s else f"{s['blocks']}, {s['kernels']}"
         if "error" in s:
-            lines.append(f"| {name} | {s['blocks']} | {s['bf16_autocast']} | "
+            lines.append(f"| {name} | {blocks} | {s['bf16_autocast']} | "
                          f"failed: {s['error']} | | |")
             continue
-        lines.append(f"| {name} | {s['blocks']} | {s['bf16_autocast']} | {s['median_s']:.4g} "
+        lines.append(f"| {name} | {blocks} | {s['bf16_autocast']} | {s['median_s']:.4g} "
                      f"[{s['min_s']:.4g}, {s['max_s']:.4g}] | {s['tflops']:.3g} | "
                      f"{s['fraction_of_bf16_peak']:.0%} |")
     lines += ["", f"Targets (issue 18): {json.dumps(TARGETS)}", ""]
@@ -269,6 +278,7 @@ def main() -> None:
     bf16 = peak["bf16"]["tflops"]
     report = {"device_name": device_name(device), "device": args.device,
               "torch": torch.__version__, "cuda": torch.version.cuda,
+              "triton": fused.triton.__version__ if fused.triton is not None else None,
               "sizes": "small" if args.small else "target", "repeats": args.repeats,
               "peak": peak, "targets": TARGETS,
               "gram": gram_runs(size["gram"], size["agree_rows"], device, args.repeats, bf16),

@@ -44,6 +44,7 @@ import torch
 from ..models.blocks import device_block, neuron_blocks
 from ..models.groups import Role
 from ..models.network import Network
+from . import fused as fused_kernels
 from .walkers import walk
 
 # Multiply-adds n * block * feature_dim of one block's GEMM below which threads do not pay: a
@@ -154,10 +155,19 @@ def _into(dest: torch.Tensor, op, *args: torch.Tensor) -> None:
         dest.copy_(op(*args))
 
 
+def _fused_rows(layer, feats: torch.Tensor, lowp: torch.dtype | None) -> torch.Tensor | None:
+    """The last layer's rows in lowp when train.fused's kernels take this step (CUDA, a
+    low-precision walk, rows stored, few enough features), else None."""
+    if lowp is None or layer.mode == "sketch_out" or not fused_kernels.available(feats):
+        return None
+    return (layer.W if layer.mode == "dense" else layer.U).detach().to(lowp).contiguous()
+
+
 class _BlockedOutput(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, net, groups, blocks, threads, spare, *params):
+    def forward(ctx, x, net, groups, blocks, threads, spare, fused, *params):
         ctx.lowp = block_dtype(net, x)  # read before autocast is turned off for the walk
+        ctx.fused = fused
         with torch.autocast(x.device.type, enabled=False):  # see blocked_output
             return _BlockedOutput._forward(ctx, x, net, groups, blocks, threads, spare, *params)
 
@@ -173,6 +183,13 @@ class _BlockedOutput(torch.autograd.Function):
         n = x.shape[0]
         out = torch.zeros(n, dtype=x.dtype, device=x.device)
         fc, ac = (feats, a) if lowp is None else (feats.to(lowp), a.to(lowp))
+        ctx.save_for_backward(x, feats)
+        ctx.net, ctx.groups, ctx.blocks, ctx.threads, ctx.spare = net, groups, blocks, threads, \
+            spare
+        rows = _fused_rows(layer, fc, lowp) if ctx.fused else None
+        if rows is not None:
+            return fused_kernels.forward(fc, rows, a.detach().float().contiguous()) \
+                / math.sqrt(net.m)
 
         def compute(i0, i1):
             p = _relu_block(layer, fc, i0, i1, lowp)[0]
@@ -182,9 +199,6 @@ class _BlockedOutput(torch.autograd.Function):
             return lambda: out.add_(share)
 
         walk(blocks, compute, threads)
-        ctx.save_for_backward(x, feats)
-        ctx.net, ctx.groups, ctx.blocks, ctx.threads, ctx.spare = net, groups, blocks, threads, \
-            spare
         return out / math.sqrt(net.m)
 
     @staticmethod
@@ -193,7 +207,7 @@ class _BlockedOutput(torch.autograd.Function):
         net, n = ctx.net, x.shape[0]
         layer, a = net.layers[-1], net.a
         # One hidden layer has at most one trained group per role.
-        want = {g.role: g for g, need in zip(ctx.groups, ctx.needs_input_grad[6:]) if need}
+        want = {g.role: g for g, need in zip(ctx.groups, ctx.needs_input_grad[7:]) if need}
 
         def grad_buffer(role):
             if role not in want:
@@ -212,6 +226,13 @@ class _BlockedOutput(torch.autograd.Function):
         lowp = ctx.lowp
         fc, ac, ec = ((feats, a, e) if lowp is None
                       else (feats.to(lowp), a.to(lowp), e.to(lowp)))
+        fused_rows = (_fused_rows(layer, fc, lowp)
+                      if ctx.fused and rank is None and dense_back is None else None)
+        if fused_rows is not None:  # nothing shared between neurons: the kernel needs no walk
+            fused_kernels.backward(fc, fused_rows, a.detach().float().contiguous(),
+                                   e[:, 0].float().contiguous(), rows, readout)
+            return None, None, None, None, None, None, None, \
+                *({Role.ROWS: rows, Role.READOUT: readout}[g.role] for g in ctx.groups)
 
         def compute(i0, i1):
             # The block, relu(P), is turned in place into the masked residual S o e in one pass
@@ -247,11 +268,12 @@ class _BlockedOutput(torch.autograd.Function):
         grad_x = None
         if back:
             grad_x = dense_back if dense_back is not None else layer.features_adjoint(rank)
-        return grad_x, None, None, None, None, None, *(grads[g.role] for g in ctx.groups)
+        return grad_x, None, None, None, None, None, None, *(grads[g.role] for g in ctx.groups)
 
 
 def blocked_output(net: Network, x: torch.Tensor, block: int | None = None,
-                   threads: int | None = None, spare: SpareGrads | None = None) -> torch.Tensor:
+                   threads: int | None = None, spare: SpareGrads | None = None,
+                   fused: bool = True) -> torch.Tensor:
     """f(X) of net's neurons (its last layer's, for a width shard), differentiable: the last
     layer neuron block by neuron block, the layers below it whole.
 
@@ -263,6 +285,9 @@ def blocked_output(net: Network, x: torch.Tensor, block: int | None = None,
     Under autocast the layers below run as autocast says, and so do the last layer's block
     products (block_dtype: bf16 GEMMs on tensor cores, each rounded to bf16 as autocast's
     would be), while the walk's sums over blocks and the gradients stay in the net's dtype.
+    On CUDA such a step takes train.fused's kernels instead of the walk where they apply (every
+    mode but sketch_out, <= 256 features; the backward only when no gradient flows below the
+    last layer's rows); fused=False keeps the walk.
     """
     n = x.shape[0]
     b = default_train_block(net, n) if block is None else block
@@ -272,4 +297,4 @@ def blocked_output(net: Network, x: torch.Tensor, block: int | None = None,
     top = net.depth - 1
     groups = tuple(g for g in net.groups if g.layer is None or g.layer == top)
     return _BlockedOutput.apply(net.last_input(x).to(net.dtype), net, groups, blocks, threads,
-                                spare, *(net.parameter(g) for g in groups))
+                                spare, fused, *(net.parameter(g) for g in groups))

@@ -18,6 +18,7 @@ from fntk_dist import TwoLayerNet
 from fntk_dist.cli.main import main
 from fntk_dist.gram import load_gram
 from fntk_dist.models import LayerSpec, build_network
+from fntk_dist.train import fused
 from fntk_dist.train.blocked import blocked_output
 
 pytestmark = [pytest.mark.gpu, requires_cuda]
@@ -78,6 +79,42 @@ def test_bf16_autocast_step_on_cuda_is_within_bf16_of_float64(mode, sketch):
     assert all(g.dtype == torch.float32 for g in got)
     err = max(float((a.double() - b).norm() / b.norm()) for a, b in zip(got, want))
     assert (err < 1e-5) if mode == "sketch_out" else (1e-5 < err < 0.1), err
+
+
+@pytest.mark.parametrize("n,m,c", [(300, 517, 40), (8192, 4096, 128), (70, 130, 200)])
+def test_fused_kernels_equal_float64_on_their_bf16_inputs(n, m, c):
+    # Products of bf16 inputs are exact in float32 and the kernels sum them in float32, so
+    # they match float64 of the same inputs (e rounded to bf16 as the kernel's masked residual
+    # is) to float32 sums, at sizes that end inside a tile and a neuron range.
+    assert fused.available(torch.empty(1, c, device=CUDA))
+    g = torch.Generator().manual_seed(0)
+    f, r = (torch.randn(rows, c, generator=g).bfloat16() for rows in (n, m))
+    a, e = torch.randn(m, generator=g), torch.randn(n, generator=g)
+    s = f.double() @ r.double().T
+    want = {"out": s.relu() @ a.double(), "a": s.relu().T @ e.double(),
+            "rows": a.double()[:, None] * (((s > 0) * e.bfloat16().double()[:, None]).T
+                                           @ f.double())}
+    f, r, a, e = (t.to(CUDA) for t in (f, r, a, e))
+    got = {"out": fused.forward(f, r, a), "rows": torch.empty(m, c, device=CUDA),
+           "a": torch.empty(m, device=CUDA)}
+    fused.backward(f, r, a, e, got["rows"], got["a"])
+    for key, w in want.items():
+        err = float((got[key].cpu().double() - w).norm() / w.norm())
+        assert err < 2e-5, (key, err)
+
+
+def test_the_bf16_step_takes_the_fused_kernels_and_agrees_with_the_walk():
+    net = TwoLayerNet(64, 8192, "sketch_in", 32, "srht", True, 0, torch.float32, CUDA)
+    x, y = (t.to(CUDA) for t in _data(512, 64, torch.float32))
+    grads = {}
+    for kernels in (True, False):
+        net.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = blocked_output(net, x, 1024, fused=kernels)
+        (0.5 * ((out - y) ** 2).sum()).backward()
+        grads[kernels] = [p.grad.clone() for p in net.parameters() if p.requires_grad]
+    for a, b in zip(*grads.values()):  # both bf16 products: a few flipped bits apart, not more
+        assert 0 < float((a - b).norm() / b.norm()) < 0.05
 
 
 @pytest.mark.parametrize("autocast", [False, True])
