@@ -226,13 +226,6 @@ class _BlockedOutput(torch.autograd.Function):
         lowp = ctx.lowp
         fc, ac, ec = ((feats, a, e) if lowp is None
                       else (feats.to(lowp), a.to(lowp), e.to(lowp)))
-        fused_rows = (_fused_rows(layer, fc, lowp)
-                      if ctx.fused and rank is None and dense_back is None else None)
-        if fused_rows is not None:  # nothing shared between neurons: the kernel needs no walk
-            fused_kernels.backward(fc, fused_rows, a.detach().float().contiguous(),
-                                   e[:, 0].float().contiguous(), rows, readout)
-            return None, None, None, None, None, None, None, \
-                *({Role.ROWS: rows, Role.READOUT: readout}[g.role] for g in ctx.groups)
 
         def compute(i0, i1):
             # The block, relu(P), is turned in place into the masked residual S o e in one pass
@@ -260,7 +253,17 @@ class _BlockedOutput(torch.autograd.Function):
             acc = rank if rank is not None else dense_back
             return lambda: acc.add_(share)
 
-        walk(ctx.blocks, compute, ctx.threads)
+        fused_rows = _fused_rows(layer, fc, lowp) if ctx.fused else None
+        if fused_rows is None:
+            walk(ctx.blocks, compute, ctx.threads)
+        else:  # the kernels: no walk, nothing n x block in device memory
+            a32, e32 = a.detach().float().contiguous(), e[:, 0].float().contiguous()
+            if rows is not None or readout is not None:
+                fused_kernels.backward(fc, fused_rows, a32, e32, rows, readout)
+            if rank is not None:
+                rank = fused_kernels.input_grad(fc, fused_rows, a32, e32)
+            elif dense_back is not None:
+                dense_back = fused_kernels.input_grad(fc, fused_rows, a32, e32)
         if rank is not None:  # dL/dZ of this shard's neurons; Z was summed over input shards
             rank = layer.sum_inputs(rank)
         grads = {Role.ROWS: rows, Role.READOUT: readout,
@@ -286,8 +289,7 @@ def blocked_output(net: Network, x: torch.Tensor, block: int | None = None,
     products (block_dtype: bf16 GEMMs on tensor cores, each rounded to bf16 as autocast's
     would be), while the walk's sums over blocks and the gradients stay in the net's dtype.
     On CUDA such a step takes train.fused's kernels instead of the walk where they apply (every
-    mode but sketch_out, <= 256 features; the backward only when no gradient flows below the
-    last layer's rows); fused=False keeps the walk.
+    mode but sketch_out, <= 256 features); fused=False keeps the walk.
     """
     n = x.shape[0]
     b = default_train_block(net, n) if block is None else block

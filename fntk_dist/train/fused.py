@@ -9,12 +9,14 @@ scores do in FlashAttention:
 - forward: out_i = sum_j a_j relu(F_i . R_j), one program per (point tile, neuron range), the
   ranges' partial sums added afterwards in a fixed order (no atomics: the same bits every run);
 - backward: one program per neuron tile recomputes S = R_j F_i^T tile by tile over the points
-  and accumulates dR_j = a_j sum_i [S_ij > 0] e_i F_i and da_j = sum_i relu(S_ij) e_i.
+  and accumulates dR_j = a_j sum_i [S_ij > 0] e_i F_i and da_j = sum_i relu(S_ij) e_i;
+- the input's gradient, where one is needed (V of lowrank and sketch_out's rank space, a deep
+  net's lower layers): dF_i = e_i sum_j [S_ij > 0] a_j R_j, one program per (point tile,
+  neuron range) as in the forward, the ranges' partial sums added afterwards.
 
 F (n x c) are the layer's features and R (m x c) its rows (W, or U of a factorized layer), both
 in the autocast dtype; products accumulate in float32 (the walk rounds each block product to
-bf16 first, so this is the more accurate of the two). The input's gradient (a deep net's lower
-layers, V of lowrank) is not formed here: steps that need it take the walk.
+bf16 first, so this is the more accurate of the two).
 """
 
 from __future__ import annotations
@@ -42,20 +44,37 @@ def _tiles(c: int) -> tuple[int, int, int, int]:
     return tile, tile, width, 8
 
 
+def _ranges(n: int, m: int, bi: int, bj: int) -> tuple[int, int]:
+    """(neuron ranges, neurons per range) of a kernel with a program per (point tile, range):
+    enough programs to fill the device (points alone give n / 128 of them)."""
+    ranges = max(1, min(triton.cdiv(m, bj), triton.cdiv(1024, triton.cdiv(n, bi))))
+    per_range = triton.cdiv(triton.cdiv(m, ranges), bj) * bj
+    return triton.cdiv(m, per_range), per_range
+
+
 def forward(feats: torch.Tensor, rows: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     """sum_j a_j relu(feats_i . rows_j) for every point i, in float32 (a: float32)."""
     n, c = feats.shape
     m = rows.shape[0]
     bi, bj, bc, warps = _tiles(c)
-    point_tiles = triton.cdiv(n, bi)
-    # Enough programs to fill the device (points alone give n / 128 of them): the neurons are
-    # cut into ranges, each program summing one range for one point tile.
-    ranges = max(1, min(triton.cdiv(m, bj), triton.cdiv(1024, point_tiles)))
-    per_range = triton.cdiv(triton.cdiv(m, ranges), bj) * bj
-    ranges = triton.cdiv(m, per_range)
+    ranges, per_range = _ranges(n, m, bi, bj)
     parts = torch.empty(ranges, n, dtype=torch.float32, device=feats.device)
-    _forward_kernel[(point_tiles, ranges)](
+    _forward_kernel[(triton.cdiv(n, bi), ranges)](
         feats, rows, a, parts, n, m, c, per_range, BI=bi, BJ=bj, BC=bc, num_warps=warps,
+        num_stages=3)
+    return parts.sum(0)
+
+
+def input_grad(feats: torch.Tensor, rows: torch.Tensor, a: torch.Tensor,
+               e: torch.Tensor) -> torch.Tensor:
+    """e_i sum_j [feats_i . rows_j > 0] a_j rows_j for every point i: (n, c) float32."""
+    n, c = feats.shape
+    m = rows.shape[0]
+    bi, bj, bc, warps = _tiles(c)
+    ranges, per_range = _ranges(n, m, bi, bj)
+    parts = torch.empty(ranges, n, c, dtype=torch.float32, device=feats.device)
+    _input_kernel[(triton.cdiv(n, bi), ranges)](
+        feats, rows, a, e, parts, n, m, c, per_range, BI=bi, BJ=bj, BC=bc, num_warps=warps,
         num_stages=3)
     return parts.sum(0)
 
@@ -94,6 +113,32 @@ if triton is not None:
             aj = tl.load(A + rj, mask=ok, other=0.0)
             acc += tl.sum(tl.maximum(s, 0.0) * aj[None, :], axis=1)
         tl.store(PARTS + pj * n + ri, acc, mask=ri < n)
+
+    @triton.jit
+    def _input_kernel(F, R, A, E, PARTS, n, m, c, per_range,
+                      BI: tl.constexpr, BJ: tl.constexpr, BC: tl.constexpr):
+        pi = tl.program_id(0)
+        pj = tl.program_id(1)
+        ri = pi * BI + tl.arange(0, BI)
+        rc = tl.arange(0, BC)
+        oki = ri < n
+        okc = rc < c
+        f = tl.load(F + ri[:, None] * c + rc[None, :], mask=oki[:, None] & okc[None, :],
+                    other=0.0)
+        acc = tl.zeros([BI, BC], dtype=tl.float32)
+        lo = pj * per_range
+        for j0 in range(0, per_range, BJ):  # the last range may end past m: masked
+            rj = lo + j0 + tl.arange(0, BJ)
+            ok = rj < m
+            r = tl.load(R + rj[:, None] * c + rc[None, :], mask=ok[:, None] & okc[None, :],
+                        other=0.0)
+            s = tl.dot(f, tl.trans(r))
+            aj = tl.load(A + rj, mask=ok, other=0.0)
+            p = tl.where(s > 0, aj[None, :], 0.0).to(r.dtype)  # e_i is applied once, below
+            acc = tl.dot(p, r, acc)
+        e = tl.load(E + ri, mask=oki, other=0.0)
+        tl.store(PARTS + pj * n * c + ri[:, None] * c + rc[None, :], acc * e[:, None],
+                 mask=oki[:, None] & okc[None, :])
 
     @triton.jit
     def _backward_kernel(F, R, A, E, DR, DA, n, m, c,

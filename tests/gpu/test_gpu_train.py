@@ -84,8 +84,8 @@ def test_bf16_autocast_step_on_cuda_is_within_bf16_of_float64(mode, sketch):
 @pytest.mark.parametrize("n,m,c", [(300, 517, 40), (8192, 4096, 128), (70, 130, 200)])
 def test_fused_kernels_equal_float64_on_their_bf16_inputs(n, m, c):
     # Products of bf16 inputs are exact in float32 and the kernels sum them in float32, so
-    # they match float64 of the same inputs (e rounded to bf16 as the kernel's masked residual
-    # is) to float32 sums, at sizes that end inside a tile and a neuron range.
+    # they match float64 of the same inputs (e, or a, rounded to bf16 where the kernel puts it
+    # into the masked matrix) to float32 sums, at sizes that end inside a tile and a range.
     assert fused.available(torch.empty(1, c, device=CUDA))
     g = torch.Generator().manual_seed(0)
     f, r = (torch.randn(rows, c, generator=g).bfloat16() for rows in (n, m))
@@ -93,22 +93,35 @@ def test_fused_kernels_equal_float64_on_their_bf16_inputs(n, m, c):
     s = f.double() @ r.double().T
     want = {"out": s.relu() @ a.double(), "a": s.relu().T @ e.double(),
             "rows": a.double()[:, None] * (((s > 0) * e.bfloat16().double()[:, None]).T
-                                           @ f.double())}
+                                           @ f.double()),
+            "input": e.double()[:, None] * (((s > 0) * a.bfloat16().double()) @ r.double())}
     f, r, a, e = (t.to(CUDA) for t in (f, r, a, e))
     got = {"out": fused.forward(f, r, a), "rows": torch.empty(m, c, device=CUDA),
-           "a": torch.empty(m, device=CUDA)}
+           "a": torch.empty(m, device=CUDA), "input": fused.input_grad(f, r, a, e)}
     fused.backward(f, r, a, e, got["rows"], got["a"])
     for key, w in want.items():
         err = float((got[key].cpu().double() - w).norm() / w.norm())
         assert err < 2e-5, (key, err)
 
 
-def test_the_bf16_step_takes_the_fused_kernels_and_agrees_with_the_walk():
-    net = TwoLayerNet(64, 8192, "sketch_in", 32, "srht", True, 0, torch.float32, CUDA)
+FUSED_NETS = {
+    "dense": lambda: TwoLayerNet(64, 8192, "dense", None, None, True, 0, torch.float32, CUDA),
+    "sketch_in": lambda: TwoLayerNet(64, 8192, "sketch_in", 32, "srht", True, 0, torch.float32,
+                                     CUDA),
+    "lowrank": lambda: TwoLayerNet(64, 8192, "lowrank", 32, None, True, 0, torch.float32, CUDA),
+    "deep": lambda: build_network(64, [LayerSpec(256, "sketch_in", 16, "srht"),
+                                       LayerSpec(4096, "lowrank", 32)], train_output=True,
+                                  dtype=torch.float32, device=CUDA),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(FUSED_NETS))
+def test_the_bf16_step_takes_the_fused_kernels_and_agrees_with_the_walk(kind):
+    # lowrank's V and the deep net's lower layers take the input's gradient (the third kernel).
     x, y = (t.to(CUDA) for t in _data(512, 64, torch.float32))
     grads = {}
     for kernels in (True, False):
-        net.zero_grad(set_to_none=True)
+        net = FUSED_NETS[kind]()
         with torch.autocast("cuda", dtype=torch.bfloat16):
             out = blocked_output(net, x, 1024, fused=kernels)
         (0.5 * ((out - y) ** 2).sum()).backward()
