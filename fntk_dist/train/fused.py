@@ -44,6 +44,11 @@ def _tiles(c: int) -> tuple[int, int, int, int]:
     return tile, tile, width, 8
 
 
+def _dense(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    """The kernels index rows with stride c: row-major copies of any views."""
+    return [t.contiguous() for t in tensors]
+
+
 def _ranges(n: int, m: int, bi: int, bj: int) -> tuple[int, int]:
     """(neuron ranges, neurons per range) of a kernel with a program per (point tile, range):
     enough programs to fill the device (points alone give n / 128 of them)."""
@@ -54,6 +59,7 @@ def _ranges(n: int, m: int, bi: int, bj: int) -> tuple[int, int]:
 
 def forward(feats: torch.Tensor, rows: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     """sum_j a_j relu(feats_i . rows_j) for every point i, in float32 (a: float32)."""
+    feats, rows, a = _dense(feats, rows, a)
     n, c = feats.shape
     m = rows.shape[0]
     bi, bj, bc, warps = _tiles(c)
@@ -68,6 +74,7 @@ def forward(feats: torch.Tensor, rows: torch.Tensor, a: torch.Tensor) -> torch.T
 def input_grad(feats: torch.Tensor, rows: torch.Tensor, a: torch.Tensor,
                e: torch.Tensor) -> torch.Tensor:
     """e_i sum_j [feats_i . rows_j > 0] a_j rows_j for every point i: (n, c) float32."""
+    feats, rows, a, e = _dense(feats, rows, a, e)
     n, c = feats.shape
     m = rows.shape[0]
     bi, bj, bc, warps = _tiles(c)
@@ -83,6 +90,9 @@ def backward(feats: torch.Tensor, rows: torch.Tensor, a: torch.Tensor, e: torch.
              d_rows: torch.Tensor | None, d_a: torch.Tensor | None) -> None:
     """Writes d_rows[j] = a_j sum_i [feats_i . rows_j > 0] e_i feats_i and
     d_a[j] = sum_i relu(feats_i . rows_j) e_i (each when given; float32, contiguous)."""
+    if any(t is not None and not t.is_contiguous() for t in (d_rows, d_a)):
+        raise ValueError("d_rows, d_a: the kernel writes them row-major; pass contiguous ones")
+    feats, rows, a, e = _dense(feats, rows, a, e)
     n, c = feats.shape
     m = rows.shape[0]
     bi, bj, bc, warps = _tiles(c)
