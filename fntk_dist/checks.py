@@ -176,4 +176,7 @@ def check_gram(cfg: RunConfig, n: int, d: int) -> GramPlan:
     if cfg.gram.dtype == "float64" and cfg.model.dtype == "float32":
         raise ConfigError("gram.dtype: float64 tiles of a float32 net hold float32-accurate "
                           "entries; set model.dtype float64 too (or gram.dtype float32)")
+    if cfg.gram.factor_tasks == "ray" and not distributed(cfg):
+        raise ConfigError("gram.factor_tasks: ray runs the factor's tasks on the Gram's Ray "
+                          "cluster; give --workers N or --address (or factor_tasks threads)")
     return GramPlan(distributed(cfg), workers, tile, grid)

@@ -15,8 +15,10 @@ from its finished tiles, and the sum order fixed per tile makes the resumed fact
 to an unbroken one. (A right-looking schedule that stores trailing updates would write each
 tile I times, and resuming it would need the partly updated tiles.)
 
-Tasks run on a local thread pool (numpy and scipy release the GIL in BLAS and LAPACK): the tiles
-are files on this host, which threads read through memory maps with no copy.
+Tasks run on a local thread pool by default (numpy and scipy release the GIL in BLAS and
+LAPACK), reading the tiles through memory maps with no copy; or as Ray tasks
+(distributed.factor_tasks), their input tiles sent through the object store, for a cluster. The
+driver writes every tile either way: the journal has one writer.
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import scipy.linalg as sla
@@ -83,9 +86,59 @@ def _factor_hash(gram: TileStore, sigma: float) -> str:
 
 
 def _deps(i: int, j: int) -> list[Tile]:
-    """The factor tiles task (i, j) reads."""
+    """The factor tiles task (i, j) reads: R_KI for K < I, then R_KJ for K < I and R_II
+    (J > I), in the order factor_tile takes them."""
     return ([(k, i) for k in range(i)] + [(k, j) for k in range(i) if j != i]
             + ([(i, i)] if j != i else []))
+
+
+def factor_tile(b: np.ndarray, sigma: float, i: int, j: int,
+                deps: Sequence[np.ndarray]) -> np.ndarray | None:
+    """Task (i, j) from the Gram tile B_IJ and the factor tiles _deps(i, j) names, in that
+    order: R_IJ, or None when the diagonal tile's pivot is not positive."""
+    a = shifted(b, sigma) if i == j else np.array(b, dtype=np.float64, copy=True)
+    for k in range(i):  # in K order: the same sums whether or not the run was resumed
+        rki = deps[k]
+        a -= rki.T @ (rki if i == j else deps[i + k])  # one array twice: numpy calls syrk
+    if i == j:
+        try:
+            return sla.cholesky(a, lower=False, overwrite_a=True, check_finite=False)
+        except sla.LinAlgError:
+            return None
+    return sla.solve_triangular(deps[-1], a, trans="T", lower=False, overwrite_b=True,
+                                check_finite=False)
+
+
+class TileTasks(Protocol):
+    """Where a TiledFactor's tasks run: submit(tile) gives a future of factor_tile's result;
+    written(tile) after the driver has stored it; close() at the end, done or not."""
+
+    def submit(self, tile: Tile) -> Future: ...
+
+    def written(self, tile: Tile) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class ThreadTasks:
+    """Tasks on a local thread pool of `workers` threads, each task's BLAS on cores / workers
+    threads, its tiles read through memory maps."""
+
+    def __init__(self, factor: TiledFactor, workers: int) -> None:
+        self.factor, self.pool = factor, ThreadPoolExecutor(workers)
+        self.limits = threadpool_limits(max(1, (os.cpu_count() or 1) // workers))
+
+    def submit(self, tile: Tile) -> Future:
+        f = self.factor
+        return self.pool.submit(lambda: factor_tile(
+            f.gram.read(*tile), f.sigma, *tile, [f.store.mapped(*d) for d in _deps(*tile)]))
+
+    def written(self, tile: Tile) -> None:
+        pass
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.limits.unregister()
 
 
 class TiledFactor:
@@ -106,56 +159,46 @@ class TiledFactor:
     def missing(self) -> list[Tile]:
         return self.store.missing()
 
-    def _task(self, i: int, j: int) -> np.ndarray:
-        a = self.gram.read(i, j)
-        a = shifted(a, self.sigma) if i == j else np.array(a, dtype=np.float64, copy=True)
-        r = self.store.mapped
-        for k in range(i):  # in K order: the same sums whether or not the run was resumed
-            rki = r(k, i)
-            a -= rki.T @ (rki if i == j else r(k, j))  # one array twice: numpy calls syrk
-        if i == j:
-            try:
-                return sla.cholesky(a, lower=False, overwrite_a=True, check_finite=False)
-            except sla.LinAlgError:
-                raise CholeskyFailed(self.sigma, i) from None
-        return sla.solve_triangular(r(i, i), a, trans="T", lower=False, overwrite_b=True,
-                                    check_finite=False)
-
     def run(self, workers: int = 1, on_tile: Callable[[Tile, float], None] | None = None,
-            todo: list[Tile] | None = None) -> None:
-        """Computes the missing tiles (todo: `missing()` where the caller has it already);
-        raises CholeskyFailed when a pivot is not positive. on_tile(tile, flops) after each
-        tile is written (progress, logging; an exception it raises stops the run with the
-        written tiles kept)."""
+            todo: list[Tile] | None = None,
+            tasks: Callable[[TiledFactor, int, list[Tile]], TileTasks] | None = None) -> None:
+        """Computes the missing tiles (todo: `missing()` where the caller has it already),
+        at most `workers` tasks at a time, on threads (ThreadTasks) or what `tasks(self,
+        workers, todo)` makes (distributed.factor_tasks.RayTasks); raises CholeskyFailed when
+        a pivot is not positive. on_tile(tile, flops) after each tile is written (progress,
+        logging; an exception it raises stops the run with the written tiles kept)."""
         todo = self.missing() if todo is None else todo
         done = set(self.store.all_tiles()) - set(todo)
         waiting = set(todo)
         running: dict[Future, Tile] = {}
-        threads = max(1, (os.cpu_count() or 1) // workers)
         t_prev = time.perf_counter()
-        with ThreadPoolExecutor(workers) as pool, threadpool_limits(threads):
-            try:
-                while waiting or running:
-                    for t in sorted(t for t in waiting if all(d in done for d in _deps(*t))):
-                        if len(running) >= workers:
-                            break
-                        waiting.discard(t)
-                        running[pool.submit(self._task, *t)] = t
-                    finished, _ = wait(running, return_when=FIRST_COMPLETED)
-                    for fut in sorted(finished, key=running.get):
-                        t = running.pop(fut)
-                        # Written here, in one thread: the journal has one writer. Seconds
-                        # since the previous write add up to the wall time (see TileStore.work).
-                        block, now = fut.result(), time.perf_counter()
-                        self.store.write(*t, block, seconds=now - t_prev,
-                                         flops=int(self.tile_flops(*t)))
-                        t_prev = now
-                        done.add(t)
-                        if on_tile is not None:
-                            on_tile(t, self.tile_flops(*t))
-            finally:
-                for fut in running:
-                    fut.cancel()
+        runner = ThreadTasks(self, workers) if tasks is None else tasks(self, workers, todo)
+        try:
+            while waiting or running:
+                for t in sorted(t for t in waiting if all(d in done for d in _deps(*t))):
+                    if len(running) >= workers:
+                        break
+                    waiting.discard(t)
+                    running[runner.submit(t)] = t
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in sorted(finished, key=running.get):
+                    t = running.pop(fut)
+                    block, now = fut.result(), time.perf_counter()
+                    if block is None:
+                        raise CholeskyFailed(self.sigma, t[0])
+                    # Written here, in one thread: the journal has one writer. Seconds since
+                    # the previous write add up to the wall time (see TileStore.work).
+                    self.store.write(*t, block, seconds=now - t_prev,
+                                     flops=int(self.tile_flops(*t)))
+                    t_prev = now
+                    done.add(t)
+                    runner.written(t)
+                    if on_tile is not None:
+                        on_tile(t, self.tile_flops(*t))
+        finally:
+            for fut in running:
+                fut.cancel()
+            runner.close()
         self.store.compact()
 
     def tile_flops(self, i: int, j: int) -> float:

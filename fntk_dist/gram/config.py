@@ -44,6 +44,12 @@ class GramConfig(BaseModel):
                           "estimate: right, it saves a factorization; too high, the "
                           "factorization fails and the shift backs off")
     bottom: int = Field(3, ge=1, description="smallest eigenvalues shift-invert Lanczos finds")
-    factor_workers: int = Field(
-        1, ge=1, description="threads running the tiled Cholesky's tile tasks; each task's "
-                             "BLAS gets cores / factor_workers threads")
+    factor_tasks: Literal["auto", "threads", "ray"] = Field(
+        "auto", description="where the tiled Cholesky's tile tasks run: threads of this "
+                            "process, or Ray tasks on the cluster (inputs through the object "
+                            "store); auto: Ray when the tiles were computed on a Ray "
+                            "cluster of several nodes, else threads (memory maps, no copies)")
+    factor_workers: int | None = Field(
+        None, ge=1, description="tile tasks at a time; default 1 on threads (its BLAS gets "
+                                "every core, a thread's cores / factor_workers), the job's "
+                                "worker count on Ray (one CPU each)")

@@ -117,7 +117,8 @@ def run_gram_job(cfg: RunConfig, out_dir: Path, progress: bool = True) -> dict:
             store.compact()
         seconds = time.perf_counter() - t0
         watch = Watch(tracker, len(store.all_tiles()), progress)
-        spectral = spectrum_report(store, finisher, x, cfg.gram, watch)
+        spectral = spectrum_report(store, finisher, x, cfg.gram, watch,
+                                   plan.workers if plan.distributed else None)
         watch.close()
     except BaseException:
         tracker.abort()

@@ -36,11 +36,13 @@ def analytic_distance(net: Network, x: torch.Tensor, h: np.ndarray) -> dict:
 
 
 def spectrum_report(store: TileStore, net: Network, x: torch.Tensor, gc: GramConfig,
-                    watch: Watch | None = None) -> dict:
+                    watch: Watch | None = None, ray_workers: int | None = None) -> dict:
     """The spectrum of the complete store: from the assembled matrix when n <=
-    gram.assemble_max_n (then also the analytic comparison), else block LOBPCG over tiles; with
-    gram.certify, lambda_min bracketed (fntk_dist.gram.certify), in memory or over the tiles
-    with the factor in store.path / "certify"."""
+    gram.assemble_max_n (then also the analytic comparison), else over the tiles (Lanczos for
+    the top; with gram.certify, lambda_min bracketed by fntk_dist.gram.certify with the factor
+    in store.path / "certify", else block LOBPCG). ray_workers: the tiles' Ray worker count
+    when they ran on Ray (gram.factor_tasks auto then puts the factor's tasks there too when
+    the cluster has more than one node)."""
     t0 = time.perf_counter()
     certified: dict = {"lambda_min_lower": None, "lambda_min_upper": None,
                        "lambda_min_method": None}
@@ -63,7 +65,14 @@ def spectrum_report(store: TileStore, net: Network, x: torch.Tensor, gc: GramCon
                else spectrum(store.assemble(), gc.top).top)
         certified_top = {"top_seconds": time.perf_counter() - t1}
         folder = store.path / CERTIFY
-        workers = gc.factor_workers
+        tasks = None
+        if ray_workers is not None and gc.factor_tasks != "threads":
+            from ..distributed.factor_tasks import RayTasks, spans_nodes  # Ray only if used
+
+            if gc.factor_tasks == "ray" or spans_nodes():
+                tasks = RayTasks
+        on_ray = tasks is not None
+        workers = gc.factor_workers or (ray_workers if on_ray else 1)
 
         def factor(sigma: float) -> TiledFactor:
             f = TiledFactor(store, folder / "factor", sigma)
@@ -71,21 +80,23 @@ def spectrum_report(store: TileStore, net: Network, x: torch.Tensor, gc: GramCon
             if watch is not None:
                 watch.factoring(sigma, len(f.store.all_tiles()), len(todo))
             try:
-                f.run(workers, watch.factored if watch else None, todo)
+                f.run(workers, watch.factored if watch else None, todo, tasks)
             finally:
                 if watch is not None:
                     watch.close()
             return f
 
         src = Source(store.n, gram_diagonal(store), lambda: tile_blocks(store), factor,
-                     f"tiled Cholesky over the tile store ({workers} thread"
-                     f"{'s' * (workers > 1)}), shift-invert Lanczos")
+                     f"tiled Cholesky over the tile store ({workers} "
+                     f"{'Ray task' if on_ray else 'thread'}{'s' * (workers > 1)} at a time), "
+                     "shift-invert Lanczos")
         certified = bracket_lambda_min(src, gc.lambda_estimate, opt, folder) | certified_top
         est = certified["lambda_min_estimate"]
         spec = make_spectrum(est if est is not None else float("nan"), top)
         resid = (certified["ritz_residual"] / top[0]
                  if certified["ritz_residual"] is not None and top[0] > 0 else None)
-        how, analytic = "block LOBPCG on tiles", {"lambda_inf": None, "gram_rel_err_inf": None}
+        how = "Lanczos on tiles (top), certified bracket (lambda_min)"
+        analytic = {"lambda_inf": None, "gram_rel_err_inf": None}
     else:
         spec, resid = spectrum_from_matmat(store.matvec, store.n, top=gc.top,
                                            block=gc.eig_block, maxiter=gc.eig_maxiter)

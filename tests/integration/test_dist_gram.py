@@ -194,7 +194,7 @@ def test_iterative_spectrum_streams_tiles(ray_cluster, tmp_path):
     cfg = config(MODELS["dense"], assemble_max_n=10, eig_block=4)
     s = run_gram_job(cfg, tmp_path / "g", progress=False)
     ev = np.linalg.eigvalsh(reference(cfg))
-    assert s["spectrum_from"] == "block LOBPCG on tiles"
+    assert s["spectrum_from"] == "Lanczos on tiles (top), certified bracket (lambda_min)"
     assert s["lambda_min"] == pytest.approx(ev[0], rel=1e-5)
     assert s["lambda_max"] == pytest.approx(ev[-1], rel=1e-8)
     assert s["lambda_min_residual"] < 1e-5

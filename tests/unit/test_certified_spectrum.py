@@ -254,8 +254,11 @@ def test_certify_false_is_the_old_path(tmp_path):
 @pytest.mark.parametrize("overrides,needle", [
     (["gram.dtype=float16"], "gram.dtype"),
     (["model.dtype=float32", "gram.dtype=float64"], "gram.dtype: float64 tiles of a float32"),
+    (["gram.factor_tasks=ray"], "gram.factor_tasks: ray runs the factor's tasks on the Gram's"),
+    (["gram.factor_tasks=dask"], "gram.factor_tasks"),
+    (["gram.factor_workers=0"], "gram.factor_workers"),
 ])
-def test_bad_dtype_is_one_line(tmp_path, capsys, overrides, needle):
+def test_bad_input_is_one_line(tmp_path, capsys, overrides, needle):
     cfg = {**BASE, "data": {"source": "sphere", "n": 20, "d": 16}}
     code, _ = run_gram(tmp_path, cfg, *overrides)
     err = capsys.readouterr().err.strip().splitlines()
