@@ -29,6 +29,10 @@ walk adds the same numbers in the same order as a walk on one thread. Small prob
 below MIN_THREADED_WORK multiply-adds per feature pass) and CUDA (one stream) walk on the
 calling thread.
 
+CUDA under bf16/fp16 autocast (issue 18): the walk is replaced by train.fused's Triton kernels,
+which keep each tile's pre-activations in registers (the walk's passes over n x block buffers
+in device memory bound the step at 18% of the bf16 peak on an H200; the kernels at 65-71%).
+
 Buffers. The block buffers live per thread for the process's life (grown when a larger one is
 asked for), and a SpareGrads hands the gradients of the last step back to be filled again, so
 a training step allocates nothing of the width's size.
@@ -180,8 +184,6 @@ class _BlockedOutput(torch.autograd.Function):
     def _forward(ctx, x, net, groups, blocks, threads, spare, *params):  # noqa: ARG004
         layer, a, lowp = net.layers[-1], net.a, ctx.lowp
         feats = layer.features(x)
-        n = x.shape[0]
-        out = torch.zeros(n, dtype=x.dtype, device=x.device)
         fc, ac = (feats, a) if lowp is None else (feats.to(lowp), a.to(lowp))
         ctx.save_for_backward(x, feats)
         ctx.net, ctx.groups, ctx.blocks, ctx.threads, ctx.spare = net, groups, blocks, threads, \
@@ -190,6 +192,7 @@ class _BlockedOutput(torch.autograd.Function):
         if rows is not None:
             return fused_kernels.forward(fc, rows, a.detach().float().contiguous()) \
                 / math.sqrt(net.m)
+        out = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
 
         def compute(i0, i1):
             p = _relu_block(layer, fc, i0, i1, lowp)[0]
