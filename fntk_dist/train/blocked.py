@@ -188,7 +188,9 @@ class _BlockedOutput(torch.autograd.Function):
         ctx.save_for_backward(x, feats)
         ctx.net, ctx.groups, ctx.blocks, ctx.threads, ctx.spare = net, groups, blocks, threads, \
             spare
-        rows = _fused_rows(layer, fc, lowp) if ctx.fused else None
+        # Decided once: the backward takes the kernels exactly when the forward did, with these
+        # rows (cast once a step, as the walk casts each block's).
+        ctx.fused_rows = rows = _fused_rows(layer, fc, lowp) if ctx.fused else None
         if rows is not None:
             return fused_kernels.forward(fc, rows, a.detach().float().contiguous()) \
                 / math.sqrt(net.m)
@@ -256,7 +258,7 @@ class _BlockedOutput(torch.autograd.Function):
             acc = rank if rank is not None else dense_back
             return lambda: acc.add_(share)
 
-        fused_rows = _fused_rows(layer, fc, lowp) if ctx.fused else None
+        fused_rows = ctx.fused_rows
         if fused_rows is None:
             walk(ctx.blocks, compute, ctx.threads)
         else:  # the kernels: no walk, nothing n x block in device memory

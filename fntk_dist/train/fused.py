@@ -1,18 +1,18 @@
-"""The blocked step's last layer in two fused Triton kernels, for CUDA under bf16/fp16 autocast.
+"""The blocked step's last layer in fused Triton kernels, for CUDA under bf16/fp16 autocast.
 
 The walk of train/blocked.py forms each neuron block's n x block pre-activations in device
-memory and passes over them four times (written by the GEMM, read for the output, read and
-written for the masked residual, read by the gradient's GEMM): on a GPU the step is bound by
-that traffic, not by its GEMMs. Here the pre-activations live only in registers, as attention's
-scores do in FlashAttention:
+memory and passes over them six times a step (forward: written by the GEMM, read for the
+output; backward: written again, read and written for the masked residual, read by the
+gradient's GEMM): on a GPU the step is bound by that traffic, not by its GEMMs. Here the
+pre-activations live only in registers, as attention's scores do in FlashAttention:
 
 - forward: out_i = sum_j a_j relu(F_i . R_j), one program per (point tile, neuron range), the
   ranges' partial sums added afterwards in a fixed order (no atomics: the same bits every run);
 - backward: one program per neuron tile recomputes S = R_j F_i^T tile by tile over the points
   and accumulates dR_j = a_j sum_i [S_ij > 0] e_i F_i and da_j = sum_i relu(S_ij) e_i;
-- the input's gradient, where one is needed (V of lowrank and sketch_out's rank space, a deep
-  net's lower layers): dF_i = e_i sum_j [S_ij > 0] a_j R_j, one program per (point tile,
-  neuron range) as in the forward, the ranges' partial sums added afterwards.
+- the input's gradient, where one is needed (V of lowrank, a deep net's lower layers):
+  dF_i = e_i sum_j [S_ij > 0] a_j R_j, one program per (point tile, neuron range) as in the
+  forward, the ranges' partial sums added afterwards.
 
 F (n x c) are the layer's features and R (m x c) its rows (W, or U of a factorized layer), both
 in the autocast dtype; products accumulate in float32 (the walk rounds each block product to
