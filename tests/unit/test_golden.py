@@ -3,7 +3,10 @@
 The arrays were written by tests/assets/make_golden_depth1.py from the two-layer code before the
 layer refactor: weights, outputs, blocked output and gradients, Gram, cross-Gram and mat-vec for
 every mode and sketch. Equality is exact (np.array_equal): a restructured net must compute the
-same numbers in the same order, not merely close ones.
+same numbers in the same order, not merely close ones. The one exception is the blocked output
+and its gradients: issue 16 stored each block's pre-activations neuron-major (block x n), a GEMM
+of another layout that rounds differently, so those agree to 64 units in the last place of
+their largest entry, not bit for bit.
 """
 
 from __future__ import annotations
@@ -52,6 +55,15 @@ def _equal(got: torch.Tensor | np.ndarray, want: np.ndarray, what: str) -> None:
     assert np.array_equal(got, want), f"{what}: max diff {np.abs(got - want).max()}"
 
 
+def _close(got: torch.Tensor, want: np.ndarray, what: str) -> None:
+    """Equal to rounding: within 64 units in the last place of the tensor's largest entry (the
+    layouts measured up to 5 of them apart; a wrong term moves an entry by far more)."""
+    got = got.detach().cpu().numpy()
+    assert got.dtype == want.dtype and got.shape == want.shape, what
+    bound = 64 * np.finfo(want.dtype).eps * np.abs(want).max()
+    assert np.abs(got - want).max() <= bound, f"{what}: max diff {np.abs(got - want).max()}"
+
+
 def _group(stored: dict[str, np.ndarray], case: str, prefix: str) -> dict[str, np.ndarray]:
     """The case's stored arrays named prefix.<old name>, keyed by their new names."""
     head = f"{case}/{prefix}."
@@ -75,13 +87,13 @@ def test_depth1_net_matches_golden(stored, case):
     with torch.no_grad():
         _equal(net(x), stored[f"{name}/forward"], f"{name} forward")
     y = blocked_output(net, x, block=64)
-    _equal(y, stored[f"{name}/blocked"], f"{name} blocked")
+    _close(y, stored[f"{name}/blocked"], f"{name} blocked")
     (0.5 * (y**2).sum()).backward()
     grads = {k: p.grad for k, p in net.named_parameters() if p.grad is not None}
     want_grads = _group(stored, name, "grad")
     assert set(grads) == set(want_grads)
     for key, want in want_grads.items():
-        _equal(grads[key], want, f"{name} grad {key}")
+        _close(grads[key], want, f"{name} grad {key}")
 
     if neurons is None:
         _equal(empirical_ntk(net, x, block=64), stored[f"{name}/gram"], f"{name} gram")

@@ -88,7 +88,8 @@ def test_same_config_same_curve(tmp_path):
 
 def test_quickstart_follows_its_golden_curve(tmp_path):
     """The quickstart's loss, step by step, as the trainer computed it before it became one
-    loop for one process and a mesh (tests/assets/golden_curves.json, 401 steps)."""
+    loop for one process and a mesh (tests/assets/golden_curves.json, 401 steps): to 1e-12,
+    since the blocked step's GEMMs took another layout (issue 16) and round differently."""
     assets = Path(__file__).parents[1] / "assets"
     golden = json.loads((assets / "golden_curves.json").read_text())["quickstart"]
     steps = 60  # a prefix: gradient descent's curve does not depend on where it stops
@@ -97,4 +98,6 @@ def test_quickstart_follows_its_golden_curve(tmp_path):
     run_train_job(config, tmp_path / "qs", progress=False)
     got = [v for v in pq.read_table(tmp_path / "qs" / "metrics.parquet").column("loss")
            .to_pylist() if v is not None]
-    assert got == golden[: steps + 1]
+    assert len(got) == steps + 1
+    for step, (a, b) in enumerate(zip(got, golden, strict=False)):
+        assert a == pytest.approx(b, rel=1e-12, abs=0), step
