@@ -19,16 +19,23 @@ def _umask() -> int:
 _FILE_MODE = 0o666 & ~_umask()  # what open() would give; mkstemp alone gives 0600
 
 
-@contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yields a temporary path in the target's folder; renamed onto path only on success."""
+def temporary_beside(path: str | Path) -> Path:
+    """A new empty file in path's folder, hidden and named after path (.NAME.XXXX.tmp), with
+    the mode open() would give: where a file is written whole before it is renamed onto path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, _FILE_MODE)
+    return Path(tmp)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yields a temporary path in the target's folder; renamed onto path only on success."""
+    tmp = temporary_beside(path)
     try:
-        yield Path(tmp)
-        os.chmod(tmp, _FILE_MODE)
+        yield tmp
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -18,7 +18,8 @@ the times are upper bounds on that account). GPU figures are predictions, never 
 
 --calibrate, on this CPU host (one thread per actor): the tile kernel's rate against neurons per
 block (fitted peak and half-rate width), a Ray call's overhead and the bytes/s of a partial
-returned by an actor, the driver's finish of a tile; then `fntk gram` jobs (run_gram_job, one
+returned by an actor, a root's finish of a tile, the bytes/s of writing a tile file and the
+driver's commit of one; then `fntk gram` jobs (run_gram_job, one
 embedded Ray cluster) on 1, 2 and 4 actors, interleaved, --repeats times, measured (median
 [min-max] of the job's tile seconds) against predicted with the calibrated rates. The host's
 cores are part of the model: 4 actors on 2 cores time-share them.
@@ -31,6 +32,7 @@ import math
 import statistics
 import sys
 import tempfile
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -48,6 +50,7 @@ from fntk_dist.gram.grid_plan import (  # noqa: E402
     predict,
     tile_costs,
 )
+from fntk_dist.gram.tile_file import stage_tile  # noqa: E402
 from fntk_dist.models.blocks import BYTES_PER_ACTIVATION  # noqa: E402
 from fntk_dist.models.config import ModelConfig  # noqa: E402
 
@@ -57,19 +60,18 @@ COLLECTIVE_LATENCY_S = 20e-6  # one step of a ring all-reduce between nodes
 
 
 # -- GPU predictions ------------------------------------------------------------------------
-def gram_table(args: argparse.Namespace, at_root: bool) -> None:
+def gram_table(args: argparse.Namespace, shared_store: bool) -> None:
     model = ModelConfig(mode=args.mode, m=args.m, k=args.k, dtype="float32")
-    rates = h100_rates(args.gram_dtype, args.link_gbs * 1e9)
-    where = f"driver finish {rates.finish_flops / 1e9:g} GFLOP/s on one CPU core"
-    if at_root:  # the what-if: tiles finished on the GPUs, the driver out of the loop
-        rates = replace(rates, finish_at_root=True, finish_flops=rates.peak_flops)
-        where = "WHAT-IF: each row group's root finishes its tiles on its GPU"
+    rates = h100_rates(args.gram_dtype, args.link_gbs * 1e9, shared_store)
+    where = ("each row group's root finishes its tiles on its GPU and writes them to a shared "
+             "filesystem" if shared_store else "roots finish on their GPU and send each tile "
+             "to the driver, which writes it")
     costs = tile_costs(model, args.d, args.n, args.tile)
     tiles = sum(c.count for c in costs)
     alone = predict(costs, model.m, 1, 1, rates).total_s
     print(f"\nGram sweep (predicted): n={args.n} d={args.d} m={args.m} k={args.k} {args.mode}, "
           f"tile={args.tile} ({tiles} tiles), {rates.name}, link {args.link_gbs:g} GB/s, "
-          f"{where}")
+          f"tile files {rates.store_bytes_s / 1e9:g} GB/s; {where}")
     print(f"{'GPUs':>5} | {'width-only s':>12} {'eff':>5} | {'grid':>8} {'s':>9} {'eff':>5} "
           f"{'GB/actor':>9} {'driver s':>9}")
     for n_gpus in args.gpus:
@@ -180,19 +182,21 @@ def calibrate_kernel(args: argparse.Namespace) -> tuple[float, float]:
 
 def calibrate_ray(args: argparse.Namespace) -> tuple[float, float]:
     """(seconds per call, bytes/s of a returned partial) between a one-thread actor and this
-    process."""
+    process: a GramPartial's sum as the job ships it."""
     import ray
+
+    from fntk_dist.ntk import NeuronSum
 
     @ray.remote(num_cpus=1)
     class Echo:
         def __init__(self, nbytes: int) -> None:
             torch.set_num_threads(1)
-            self.block = torch.ones(nbytes // 8, dtype=torch.float64)
+            self.block = NeuronSum(("layer0", "U"), torch.ones(nbytes // 8, dtype=torch.float64))
 
         def noop(self) -> None:
             return None
 
-        def partial(self) -> torch.Tensor:
+        def partial(self) -> NeuronSum:
             return self.block
 
     nbytes = args.job_tile * args.job_tile * 8  # one ROWS term of a tile
@@ -204,27 +208,43 @@ def calibrate_ray(args: argparse.Namespace) -> tuple[float, float]:
     return call, nbytes / max(moved - call, 1e-9)
 
 
-def calibrate_finish(args: argparse.Namespace) -> tuple[float, float]:
-    """(seconds per tile, FLOP/s) of the driver's finish_tile, fitted on two tile sizes."""
-    from fntk_dist.gram.executor import span_partial
+def calibrate_root(args: argparse.Namespace) -> tuple[float, float, float, float]:
+    """(seconds per tile, FLOP/s) of a root's finish (finish_span, fitted on two tile sizes),
+    bytes/s of staging a tile file beside a store, and seconds of the driver's commit."""
+    from fntk_dist.gram.executor import finish_span, span_partial
     from fntk_dist.gram.grid_plan import _finish_flops
-    from fntk_dist.gram.tiles import finish_tile
+    from fntk_dist.gram.tile_file import warm_up
+    from fntk_dist.gram.tile_store import TileStore
 
+    warm_up()
     model = ModelConfig(mode=args.cal_mode, m=64, k=args.k)
-    net, finisher = model.build(args.cal_d), model.build(args.cal_d, neurons=(0, 1))
-    points = []
-    for tile in (args.job_tile // 2, args.job_tile):
-        x = torch.randn(2 * tile, args.cal_d, dtype=torch.float64)
-        span = ((0, tile), (tile, 2 * tile))
-        part = span_partial(net, x, span, None)
-        flops = _finish_flops(finisher, tile, tile, tile_costs(
-            model, args.cal_d, 2 * tile, tile)[0].fixed_flops)
-        seconds = _median_seconds(
-            lambda part=part, x=x, span=span: finish_tile(finisher, [part], x, span), 5)
-        points.append((flops, seconds))
+    net = model.build(args.cal_d)
+    points, stored, commits = [], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for tile in (args.job_tile // 2, args.job_tile):
+            x = torch.randn(2 * tile, args.cal_d, dtype=torch.float64)
+            span = ((0, tile), (tile, 2 * tile))
+            part = span_partial(net, x, span, None)
+            flops = _finish_flops(net, tile, tile, tile_costs(
+                model, args.cal_d, 2 * tile, tile)[0].fixed_flops)
+            store = TileStore.create_or_open(Path(tmp) / f"s{tile}", config_hash="calibrate",
+                                             n=2 * tile, tile=tile)
+            away = store.target(0, 1, reachable=False)  # the finish alone, no file
+            seconds = _median_seconds(
+                lambda part=part, x=x, span=span, away=away: finish_span(net, x, part, span,
+                                                                           away), 5)
+            points.append((flops, seconds))
+            block = finish_span(net, x, part, span, away)
+            for _ in range(5):  # the tile file (its own rate: bytes), then the driver's commit
+                t0 = time.perf_counter()
+                staged = stage_tile(store.target(0, 1), block)
+                t1 = time.perf_counter()
+                store.commit(0, 1, staged)
+                stored.append(staged.bytes / (t1 - t0))
+                commits.append(time.perf_counter() - t1)
     (f1, t1), (f2, t2) = points
     rate = (f2 - f1) / max(t2 - t1, 1e-9)
-    return max(0.0, t1 - f1 / rate), rate
+    return max(0.0, t1 - f1 / rate), rate, statistics.median(stored), statistics.median(commits)
 
 
 def job_config(model: dict, n: int, d: int, tile: int, workers: int,
@@ -260,9 +280,10 @@ def calibrate(args: argparse.Namespace) -> None:
     peak, half = calibrate_kernel(args)
     connect(None, min_cpus=max(args.workers))
     call, link = calibrate_ray(args)
-    finish_s, finish_rate = calibrate_finish(args)
+    finish_s, finish_rate, store_rate, commit = calibrate_root(args)
     rates = replace(CPU_RATES, peak_flops=peak, half_width=half, call_s=call,
-                    link_bytes_s=link, finish_flops=finish_rate, finish_s=finish_s)
+                    link_bytes_s=link, finish_flops=finish_rate, finish_s=finish_s,
+                    store_bytes_s=store_rate, commit_s=commit)
     print(f"calibrated: {rates}")
     model = {"mode": args.cal_mode, "m": args.job_m, "k": args.k}
     if args.cal_mode == "sketch_in":
@@ -315,8 +336,8 @@ def main() -> None:
     if args.calibrate:
         calibrate(args)
     else:
-        gram_table(args, at_root=False)
-        gram_table(args, at_root=True)
+        gram_table(args, shared_store=True)
+        gram_table(args, shared_store=False)
         train_table(args)
 
 

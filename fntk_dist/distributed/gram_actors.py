@@ -4,14 +4,19 @@ keeps it fed with tiles.
 Each GramShard owns a neuron range and rebuilds it from the seed (no weights travel); the
 points are put in the object store once and each shard copies them on its first tile. A row
 group is the whole width-sharded net: its W shards compute one tile at a time, and their
-partials are summed by a binary tree among them (each level moves one partial shard to shard
-through the object store), so one sum per tile reaches the driver, however wide W. Row groups
+partials are summed among them: the group's root (its first shard) computes its own partial
+while the others sum theirs by a binary tree (each level moves one partial shard to shard
+through the object store), adds their sum to its own, finishes the tile and, on the driver's
+node, writes it beside the store under a temporary name: the driver only renames it and
+appends its journal line (a root on another node sends the finished tile, which the driver
+writes). So the driver's work per tile is constant, whatever W, R and the net. Row groups
 work on different tiles: the width split keeps each tile's latency low, the row split keeps
 every shard's GEMMs as wide as the net (fntk_dist.gram.grid_plan weighs the two).
 
 RayExecutor keeps gram.in_flight tiles per row group submitted ahead of the one the job is
-finishing. Actors have unlimited restarts and task retries: Ray rebuilds a killed shard and
-computes its tiles in flight again.
+storing. Actors have unlimited restarts and task retries: Ray rebuilds a killed shard and
+computes its tiles in flight again (a file it staged and never handed over is deleted when the
+job ends, or when its store is next opened).
 
 The points come with every tile call, as a reference (Ray hands an actor on the same node a
 read-only view of the stored array, no copy), not as a constructor argument: a restarted
@@ -22,15 +27,17 @@ store to warn about (an E-level core_worker line for every shard otherwise).
 from __future__ import annotations
 
 import os
-from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import ray
 import torch
 
 from ..config import RunConfig
-from ..gram.executor import Span, span_partial
+from ..gram import tile_file
+from ..gram.executor import Span, finish_span, span_partial, store_spans
+from ..gram.tile_file import StagedTile, TileTarget
+from ..gram.tile_store import TileStore
 from ..models.config import ModelConfig
 from ..ntk import GramPartial
 from ..runtime import peak_rss_bytes, rss_bytes
@@ -47,6 +54,7 @@ class GramShard:
         self.net = ModelConfig(**model).build(d, device=device, neurons=neurons)
         self.device, self.block = device, block
         self.x: torch.Tensor | None = None
+        tile_file.warm_up()  # a root stages tiles: not in the first tile's time
 
     def load(self, x: np.ndarray) -> None:
         """Keep the points (a copy: the object store's array is read-only)."""
@@ -54,18 +62,32 @@ class GramShard:
             self.x = torch.tensor(x, device=self.device)
 
     def partial(self, span: Span, x: np.ndarray) -> GramPartial:
-        """The shard's partial for one tile, on the CPU (it travels to the driver whole)."""
+        """The shard's partial for one tile, on the CPU (it travels to another shard)."""
         self.load(x)
         return span_partial(self.net, self.x, span, self.block)
 
+    def tile(self, span: Span, x: np.ndarray, target: TileTarget,
+             others: list[ray.ObjectRef]) -> StagedTile | np.ndarray:
+        """The row group's root: its own partial plus `others` (a list holding the reference
+        to the other shards' sum, or none for a group of one: in a list, Ray does not wait
+        for it before this starts, so the root computes beside the others), finished on its
+        device and staged."""
+        self.load(x)
+        part = span_partial(self.net, self.x, span, self.block, cpu=False)
+        if others:
+            part.add_(ray.get(others[0]).to(self.net.device))
+        return finish_span(self.net, self.x, part, span, target)
+
     def add(self, mine: GramPartial, other: GramPartial) -> GramPartial:
-        """One step of a row group's tree sum (Ray fetches both operands from the object
-        store; the result stays there for the next level)."""
+        """One step of the tree sum of a row group's other shards (Ray fetches both operands
+        from the object store; the result stays there for the next level or the root)."""
         return mine + other
 
-    def where(self) -> tuple[int, str]:
-        """(pid, node IP): for tests and logs."""
-        return os.getpid(), ray.util.get_node_ip_address()
+    def where(self) -> tuple[int, str, str]:
+        """(pid, node IP, node id): for tests and logs, and whether it shares the driver's
+        node."""
+        return (os.getpid(), ray.util.get_node_ip_address(),
+                ray.get_runtime_context().get_node_id())
 
     def memory(self) -> tuple[int, int]:
         """(peak resident bytes, resident bytes before the shard was built)."""
@@ -89,31 +111,47 @@ class RayExecutor:
         self.groups = start_grid(GramShard, cfg, grid, x.shape[1], cfg.gram.block, placed,
                                  self.x_ref)
         shards = [s for group in self.groups for s in group]
-        self.nodes = sorted({ip for _, ip in ray.get([s.where.remote() for s in shards])})
+        where = ray.get([s.where.remote() for s in shards])
+        self.nodes = sorted({ip for _, ip, _ in where})
+        # A root on the driver's node reaches the store's folder and writes its tiles there.
+        here = ray.get_runtime_context().get_node_id()
+        width = grid[0]
+        self.root_local = [where[g * width][2] == here for g in range(len(self.groups))]
 
-    def _tile(self, group: list, span: Span) -> ray.ObjectRef:
-        """The reference to one tile's partial summed over the group's width shards."""
-        return tree_sum(group, [s.partial.remote(span, self.x_ref) for s in group])
+    def _tile(self, group: list, span: Span, target: TileTarget) -> ray.ObjectRef:
+        """The reference to one tile, finished and staged by the group's root."""
+        root, rest = group[0], group[1:]
+        others = [tree_sum(rest, [s.partial.remote(span, self.x_ref) for s in rest])] \
+            if rest else []
+        return root.tile.remote(span, self.x_ref, target, others)
 
-    def partials(self, spans: Iterable[Span]) -> Iterator[list[GramPartial]]:
-        pending = iter(spans)
-        queue: deque[tuple[ray.ObjectRef, int]] = deque()
+    def tiles(self, store: TileStore, todo: list[tuple[int, int]]
+              ) -> Iterator[tuple[tuple[int, int], StagedTile | np.ndarray]]:
+        # Longest first (off-diagonal tiles, then the diagonal's, which take the symmetric
+        # path; larger before smaller), so the row groups end on short tiles, not one long
+        # tile while the others idle.
+        order = sorted(todo, key=lambda t: (t[0] == t[1], -store.area(*t)))
+        pending = iter(zip(order, store_spans(store, order)))
+        flying: dict[ray.ObjectRef, tuple[tuple[int, int], int]] = {}
         busy = [0] * len(self.groups)  # tiles submitted to each row group and not yet taken
 
         def submit() -> None:
-            span = next(pending, None)
-            if span is not None:
+            item = next(pending, None)
+            if item is not None:
+                (i, j), span = item
                 g = busy.index(min(busy))
                 busy[g] += 1
-                queue.append((self._tile(self.groups[g], span), g))
+                target = store.target(i, j, reachable=self.root_local[g])
+                flying[self._tile(self.groups[g], span, target)] = ((i, j), g)
 
         for _ in range((self.in_flight + 1) * len(self.groups)):
             submit()
-        while queue:
-            ref, g = queue.popleft()
+        while flying:  # in the order they finish: a fast group is fed at once
+            (ref,), _ = ray.wait(list(flying), num_returns=1)
+            key, g = flying.pop(ref)
             busy[g] -= 1  # the next tile goes to the group with the least work left
             submit()
-            yield [ray.get(ref)]
+            yield key, ray.get(ref)
 
     def info(self) -> dict:
         memory = ray.get([s.memory.remote() for group in self.groups for s in group])

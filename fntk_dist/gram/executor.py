@@ -1,26 +1,30 @@
 """Where a Gram job's tiles are computed: the executor interface and the local executor.
 
-An executor answers, for each tile's span (rows, cols), GramPartials on the CPU whose neuron
-ranges together cover all m neurons (one per shard, or shards' partials already summed). The
-job sums them, finishes and stores the tiles (fntk_dist.gram.tiles), whatever the executor.
-The local executor is one shard, the whole net in this process; the Ray one
-(fntk_dist.distributed.gram_actors) is a grid of actors, width shards x row groups, each
-group's shards summing their partials among themselves.
+An executor answers, for each tile (i, j) of a store, the finished tile: staged beside the
+store (fntk_dist.gram.tile_file.stage_tile) by whoever computed it when it can reach the
+store's folder, else the array. The job only commits or writes them (fntk_dist.gram.tiles), so
+its own work per tile is a rename and a journal line, whatever the executor. The local
+executor is the whole net in this process; the Ray one (fntk_dist.distributed.gram_actors) is
+a grid of actors, width shards x row groups, each group's shards summing their partials among
+themselves and the group's root finishing and storing the tile.
 """
 
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Protocol
 
+import numpy as np
 import torch
 
 from ..models.network import Network
 from ..ntk import GramPartial
-from ..ntk.empirical import partial_sums
+from ..ntk.empirical import finish_gram, partial_sums
 from ..ntk.gram_terms import unit_readout
 from ..runtime import peak_rss_bytes, rss_bytes
+from .tile_file import StagedTile, TileTarget, stage_tile
+from .tile_store import TileStore
 
 if TYPE_CHECKING:
     from ..config import RunConfig
@@ -29,8 +33,10 @@ Span = tuple[tuple[int, int], tuple[int, int]]  # a tile's rows [r0, r1) and col
 
 
 class TileExecutor(Protocol):
-    def partials(self, spans: Iterable[Span]) -> Iterator[list[GramPartial]]:
-        """Each span's partials (covering all neurons), on the CPU, in the order given."""
+    def tiles(self, store: TileStore, todo: list[tuple[int, int]]
+              ) -> Iterator[tuple[tuple[int, int], StagedTile | np.ndarray]]:
+        """Each tile of `todo` as (i, j) and the tile, staged beside the store or the array,
+        in the order they are done."""
 
     def info(self) -> dict:
         """The summary keys device, shard_nodes, worker_peak_rss_bytes, worker_base_rss_bytes."""
@@ -55,18 +61,40 @@ def _counts(net: Network) -> bool:
     return held[2]
 
 
-def span_partial(net: Network, x: torch.Tensor, span: Span, block: int | None) -> GramPartial:
-    """The partial of net's neurons for one tile of the points x, on the CPU, where the job
-    finishes tiles.
+def span_partial(net: Network, x: torch.Tensor, span: Span, block: int | None,
+                 cpu: bool = True) -> GramPartial:
+    """The partial of net's neurons for one tile of the points x: on the CPU, where it travels
+    to another shard (or, cpu False, on the net's device, where its tile is finished).
 
     x: the job's points in the net's dtype and on its device, checked when the data was read
     (finite, (n, d)); so a tile queues device work only, and its one synchronisation is the
-    copy of its sums to the CPU.
+    copy of its sums (or its finished tile) to the CPU.
     """
     counts = _counts(net)
     (r0, r1), (c0, c1) = span
     x2 = None if (r0, r1) == (c0, c1) else x[c0:c1]  # a diagonal tile: the symmetric path
-    return partial_sums(net, x[r0:r1], x2, block, None, counts).cpu()
+    part = partial_sums(net, x[r0:r1], x2, block, None, counts)
+    return part.cpu() if cpu else part
+
+
+def finish_span(net: Network, x: torch.Tensor, part: GramPartial, span: Span,
+                target: TileTarget) -> StagedTile | np.ndarray:
+    """The tile from the partial of all neurons, finished on net's device (net: any shard of
+    the net) and staged at `target` (or the array, for a target with no path)."""
+    (r0, r1), (c0, c1) = span
+    x2 = None if (r0, r1) == (c0, c1) else x[c0:c1]
+    h = finish_gram(net, part.to(net.device), x[r0:r1], x2)
+    return stage_tile(target, h.cpu().numpy())
+
+
+def span_tile(net: Network, x: torch.Tensor, span: Span, block: int | None,
+              target: TileTarget) -> StagedTile | np.ndarray:
+    """One tile of the whole net (all its neurons in net), finished and staged."""
+    return finish_span(net, x, span_partial(net, x, span, block, cpu=False), span, target)
+
+
+def store_spans(store: TileStore, todo: list[tuple[int, int]]) -> list[Span]:
+    return [(store.bounds(i), store.bounds(j)) for i, j in todo]
 
 
 class LocalExecutor:
@@ -79,9 +107,10 @@ class LocalExecutor:
         self.x = x.to(device)
         self.block = cfg.gram.block
 
-    def partials(self, spans: Iterable[Span]) -> Iterator[list[GramPartial]]:
-        for span in spans:
-            yield [span_partial(self.net, self.x, span, self.block)]
+    def tiles(self, store: TileStore, todo: list[tuple[int, int]]
+              ) -> Iterator[tuple[tuple[int, int], StagedTile | np.ndarray]]:
+        for (i, j), span in zip(todo, store_spans(store, todo)):
+            yield (i, j), span_tile(self.net, self.x, span, self.block, store.target(i, j))
 
     def info(self) -> dict:
         return {"device": str(self.device), "shard_nodes": [],

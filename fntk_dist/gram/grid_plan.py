@@ -2,11 +2,13 @@
 of least predicted time (DESIGN section 7, "Grid plan").
 
 The grid (fntk_dist.distributed.gram_actors): W width shards x R row groups. A row group is the
-whole width-sharded net; tiles (the upper triangle, T = t(t+1)/2 for t tile rows) go to the
+whole width-sharded net: tiles (the upper triangle, T = t(t+1)/2 for t tile rows) go to the
 row group with the fewest pending, so a group computes about ceil(T / R) of them. On a tile
-each of its W actors computes the partial of its m/W neurons, the W partials are summed by a
-binary tree among them (ceil(log2 W) levels, one partial per level through the object store),
-the root's sum goes to the driver, and the driver finishes and stores the tile, one at a time.
+each of its W actors computes the partial of its m/W neurons; the W - 1 others sum theirs by a
+binary tree and send the sum to the group's root, which adds it to its own, finishes the tile
+and stores it: written beside the store when the roots reach its folder (one host, or a shared
+filesystem), else sent to the driver, which writes it. The driver commits each tile (a rename
+and a journal line).
 
 The cost of a tile is the net's own count (Network.gram_flops), split into the part every
 actor repeats (each point's features and the layers below the last) and the part spread over
@@ -43,40 +45,45 @@ class Rates:
     name: str
     peak_flops: float  # FLOP/s of one actor's tile kernel over a wide block of neurons
     half_width: float  # neurons per block at which the kernel runs at half its peak
-    link_bytes_s: float  # bytes/s one partial moves from an actor to another or the driver
+    link_bytes_s: float  # bytes/s one partial or tile moves from an actor to another or the driver
     call_s: float  # seconds a remote call costs besides its data (submit, schedule, reply)
     cores: int | None  # actors (and the driver) the host runs at full rate; None: one each
-    finish_flops: float  # FLOP/s of the driver finishing a tile (features, products, Hadamard)
-    finish_s: float  # driver seconds per tile besides that (unpickle, store write)
+    finish_flops: float  # FLOP/s of a root finishing a tile (features, products, Hadamard)
+    finish_s: float  # a root's seconds per tile besides the finish's FLOPs and the store
+    store_bytes_s: float  # bytes/s of writing a tile file (encoded, hashed, written)
+    commit_s: float  # the driver's seconds per tile (rename, journal line, progress)
+    shared_store: bool = True  # the roots reach the store's folder: they write the tiles
     gpu: bool = False  # the actors' blocks are sized by device memory, not the CPU cache
-    # A what-if of the scaling model, not what the executor does: each group's root finishes
-    # its tiles at its own rate and stores them, so nothing reaches the driver.
-    finish_at_root: bool = False
 
     def rate(self, width: float) -> float:
         """FLOP/s of a kernel whose neuron blocks hold `width` neurons."""
         return self.peak_flops * width / (width + self.half_width)
 
 
-# Calibrated on this 2-core CPU host, one thread per actor, float64 net, on 2026-11-26 with the
-# host otherwise idle (load average 0.96 before):
+# Calibrated on this 2-core CPU host, one thread per actor, float64 net, on 2026-11-26 at 12:22
+# with the host otherwise idle (load average 0.00 before):
 #   .venv/bin/python tools/scaling_model.py --calibrate
-# (kernel rate vs neurons per block: span_partial on a 1024 x 1024 tile; call and link: Ray
-# calls returning 0 and 8 MB; finish: finish_tile of 1024 x 1024 tiles in this process).
-CPU_RATES = Rates(name="cpu", peak_flops=51e9, half_width=360.0, link_bytes_s=1.8e8,
-                  call_s=0.85e-3, cores=os.cpu_count() or 1, finish_flops=34e9, finish_s=3.2e-4)
+# (kernel rate vs neurons per block: span_partial on a 512 x 512 tile; call and link: Ray
+# calls returning nothing and a 2 MB GramPartial sum; finish and store: finish_span of 256 and
+# 512 row tiles, stage_tile of the 512 one; commit: TileStore.commit of a staged tile).
+CPU_RATES = Rates(name="cpu", peak_flops=56e9, half_width=82.0, link_bytes_s=5.4e8,
+                  call_s=0.69e-3, cores=os.cpu_count() or 1, finish_flops=32e9, finish_s=2.2e-4,
+                  store_bytes_s=7.0e8, commit_s=1.26e-3)
 
 
-def h100_rates(dtype: str = "float32", link_bytes_s: float = 25e9) -> Rates:
+def h100_rates(dtype: str = "float32", link_bytes_s: float = 25e9,
+               shared_store: bool = True) -> Rates:
     """An H100 per actor (datasheet figures, not measured here): 51 TFLOP/s float32 GEMM
     (IEEE, no TF32: the kernels disable it), 67 TFLOP/s float64 tensor core, 795 TFLOP/s
     bf16; link: 25-50 GB/s per GPU between nodes. A kernel launch (~10 us) per block; the
     half-rate width is a guess of where a GEMM's inner dimension stops filling the SMs (its
-    other dimensions are the tile's rows). The driver finishes on one host CPU core."""
+    other dimensions are the tile's rows). Roots finish on their GPU; a tile file is written at
+    2 GB/s (a guess of a node's local NVMe, or its share of a shared filesystem)."""
     peak = {"float32": 51e12, "float64": 67e12, "bf16": 795e12}[dtype]
     return Rates(name=f"h100-{dtype}", peak_flops=peak, half_width=512.0,
-                 link_bytes_s=link_bytes_s, call_s=1e-3, cores=None, finish_flops=20e9,
-                 finish_s=2e-3, gpu=True)
+                 link_bytes_s=link_bytes_s, call_s=1e-3, cores=None, finish_flops=peak,
+                 finish_s=1e-3, store_bytes_s=2e9, commit_s=1e-3, shared_store=shared_store,
+                 gpu=True)
 
 
 @dataclass(frozen=True)
@@ -85,10 +92,10 @@ class Prediction:
 
     width: int  # W: width shards
     rows: int  # R: row groups
-    compute_s: float  # the busiest actor's kernel seconds over the sweep
-    comm_s: float  # its group's seconds moving partials (tree levels and the root's send)
-    driver_s: float  # the driver's seconds receiving and finishing every tile
-    bytes_per_actor: float  # bytes each actor sends over the sweep (its partial, per tile)
+    compute_s: float  # a root's seconds over the sweep: kernel, finishing, storing
+    comm_s: float  # its group's seconds moving partials (the tree's levels into the root)
+    driver_s: float  # the driver's seconds: committing every tile (and writing sent ones)
+    bytes_per_actor: float  # bytes each actor sends over the sweep (partials, sent tiles)
     total_s: float  # predicted wall seconds of the sweep
     efficiency: float  # one actor's seconds / (W * R * these seconds)
 
@@ -96,7 +103,8 @@ class Prediction:
 @dataclass(frozen=True)
 class TileCosts:
     """What one rows x cols tile costs, independent of the grid: FLOPs every actor repeats,
-    FLOPs per neuron of the last layer, the driver's finishing FLOPs, a partial's bytes."""
+    FLOPs per neuron of the last layer, the root's finishing FLOPs, a partial's bytes, the
+    stored tile's bytes."""
 
     count: int  # tiles of this shape in the sweep
     rows: int
@@ -106,6 +114,7 @@ class TileCosts:
     per_neuron_flops: float
     finish_flops: float
     partial_bytes: float
+    tile_bytes: float
 
 
 def _with_last_width(model: ModelConfig, m: int) -> ModelConfig:
@@ -125,10 +134,13 @@ def _tile_shapes(n: int, tile: int) -> list[tuple[int, int, int, bool]]:
     return [s for s in shapes if s[0]]
 
 
-def tile_costs(model: ModelConfig, d: int, n: int, tile: int) -> list[TileCosts]:
-    """The sweep's tiles, grouped by shape, with their costs from the net's own counts."""
+def tile_costs(model: ModelConfig, d: int, n: int, tile: int,
+               tile_dtype: str | None = None) -> list[TileCosts]:
+    """The sweep's tiles, grouped by shape, with their costs from the net's own counts
+    (tile_dtype: the store's, by default the net's)."""
     m = model.m
-    net = model.build(d, neurons=(0, 1))  # the job's finisher: features and scale only
+    elem = 4 if (tile_dtype or model.dtype) == "float32" else FLOAT64_BYTES
+    net = model.build(d, neurons=(0, 1))  # features and scale only: what a finish reads
     wider = _with_last_width(model, 2 * m).build(d, neurons=(0, 1))
     out = []
     for count, rows, cols, diag in _tile_shapes(n, tile):
@@ -136,7 +148,8 @@ def tile_costs(model: ModelConfig, d: int, n: int, tile: int) -> list[TileCosts]
         per_neuron = (flops_2m - flops_m) / m
         out.append(TileCosts(count, rows, cols, diag, flops_m - per_neuron * m, per_neuron,
                              _finish_flops(net, rows, cols, flops_m - per_neuron * m),
-                             _partial_bytes(net, rows, cols, diag)))
+                             _partial_bytes(net, rows, cols, diag),
+                             float(rows * cols * elem)))
     return out
 
 
@@ -154,7 +167,7 @@ def _partial_bytes(net: Network, rows: int, cols: int, diag: bool) -> float:
 
 
 def _finish_flops(net: Network, rows: int, cols: int, features: float) -> float:
-    """The driver's finish (ntk.empirical.finish_gram): each point's features (the FLOPs
+    """A root's finish (ntk.empirical.finish_gram): each point's features (the FLOPs
     every actor repeats), then per term the n x n product of its other factor (features for
     ROWS, G and the inputs for RANK) and the Hadamard product."""
     layer = net.layers[-1]
@@ -171,8 +184,9 @@ def predict(costs: list[TileCosts], m: int, width: int, rows: int, rates: Rates,
     plan, which compares with one actor)."""
     shard = math.ceil(m / width)  # the widest shard sets the pace of its tile
     tiles = sum(c.count for c in costs)
-    levels = math.ceil(math.log2(width)) if width > 1 else 0
-    kernel = comm = finish = moved = 0.0
+    # The others' tree, then its sum into the root: ceil(log2 (W - 1)) + 1 partials in turn.
+    levels = (math.ceil(math.log2(width - 1)) if width > 2 else 0) + (width > 1)
+    kernel = root = comm = driver = moved = 0.0
     for c in costs:
         if block is not None:
             inner = min(shard, block)
@@ -182,30 +196,31 @@ def predict(costs: list[TileCosts], m: int, width: int, rows: int, rates: Rates,
             inner = min(shard, default_block(_Neurons(shard), c.rows + c.cols))
         seconds = (rates.call_s + c.fixed_flops / rates.peak_flops
                    + c.per_neuron_flops * shard / rates.rate(inner))
-        kernel += c.count * seconds
         send = rates.call_s + c.partial_bytes / rates.link_bytes_s
+        store = c.tile_bytes / rates.store_bytes_s
         finishing = rates.finish_s + c.finish_flops / rates.finish_flops
-        if rates.finish_at_root:
-            kernel += c.count * finishing
-            comm += c.count * levels * send
-        else:
-            comm += c.count * (levels + 1) * send  # the tree, then the root to the driver
-            # The driver takes every tile's sum over its one link, then finishes it.
-            finish += c.count * (finishing + c.partial_bytes / rates.link_bytes_s)
-        if width > 1 or not rates.finish_at_root:  # a lone root that finishes sends nothing
-            moved += c.count * c.partial_bytes
+        kernel += c.count * seconds
+        comm += c.count * levels * send
+        moved += c.count * c.partial_bytes * (width > 1)
+        driver += c.count * rates.commit_s
+        if rates.shared_store:
+            root += c.count * (finishing + store)
+        else:  # the root sends the finished tile, the driver writes it
+            root += c.count * (finishing + rates.call_s + c.tile_bytes / rates.link_bytes_s)
+            driver += c.count * (c.tile_bytes / rates.link_bytes_s + store)
+            moved += c.count * c.tile_bytes / width  # one actor in W sends it
     # Tiles are dealt to the group with the fewest pending: each takes about ceil(T / R) of
     # them, so a group's share of the sweep's work is ceil(T / R) / T.
     share = math.ceil(tiles / rows) / tiles
-    compute_s, comm_s = kernel * share, comm * share
+    compute_s, comm_s = (kernel + root) * share, comm * share
     group_s = compute_s + comm_s
     per_group = math.ceil(tiles / rows)
-    # A pipeline: the groups' last tile is finished after them, and the driver waits for the
-    # first tile before it has anything to finish; the slower path sets the pace.
-    total = max(group_s + finish / tiles, finish + group_s / per_group)
+    # A pipeline: the driver commits a group's last tile after it, and it cannot commit faster
+    # than its own path allows; the slower path sets the pace.
+    total = max(group_s + driver / tiles, driver + group_s / per_group)
     if rates.cores is not None:  # actors and the driver share the host's cores
-        total = max(total, (width * rows * compute_s + finish) / rates.cores)
-    return Prediction(width, rows, compute_s, comm_s, finish, moved * share, total, 0.0)
+        total = max(total, (width * rows * kernel * share + root + driver) / rates.cores)
+    return Prediction(width, rows, compute_s, comm_s, driver, moved * share, total, 0.0)
 
 
 @dataclass(frozen=True)
@@ -221,10 +236,10 @@ def factor_pairs(workers: int, m: int) -> list[tuple[int, int]]:
 
 
 def plan(model: ModelConfig, n: int, d: int, tile: int, workers: int, rates: Rates,
-         block: int | None = None) -> list[Prediction]:
+         block: int | None = None, tile_dtype: str | None = None) -> list[Prediction]:
     """Predictions for every grid shape of `workers` actors, fastest first; efficiency
     against one actor on the same tiles."""
-    costs = tile_costs(model, d, n, tile)
+    costs = tile_costs(model, d, n, tile, tile_dtype)
     alone = predict(costs, model.m, 1, 1, rates, block).total_s
     shapes = [predict(costs, model.m, w, r, rates, block)
               for w, r in factor_pairs(workers, model.m)]
@@ -240,14 +255,15 @@ def rates_for(cfg: RunConfig) -> Rates:
 def choose_grid(cfg: RunConfig, n: int, d: int, tile: int, workers: int) -> tuple[int, int]:
     """(W, R), W * R == workers, of least predicted sweep time for cfg's net on n points of
     dimension d in tiles of `tile` rows."""
-    best = plan(cfg.model, n, d, tile, workers, rates_for(cfg), cfg.gram.block)[0]
+    best = plan(cfg.model, n, d, tile, workers, rates_for(cfg), cfg.gram.block,
+                cfg.gram.dtype)[0]
     return best.width, best.rows
 
 
 def plan_rows(cfg: RunConfig, n: int, d: int, tile: int, workers: int) -> list[dict]:
     """The plan table: one row per shape, fastest first, the chosen one marked."""
     rates = rates_for(cfg)
-    shapes = plan(cfg.model, n, d, tile, workers, rates, cfg.gram.block)
+    shapes = plan(cfg.model, n, d, tile, workers, rates, cfg.gram.block, cfg.gram.dtype)
     return [{"grid": f"{p.width}x{p.rows}", "chosen": i == 0, "rates": rates.name,
              "compute_s": p.compute_s, "comm_s": p.comm_s, "driver_s": p.driver_s,
              "bytes_per_actor": p.bytes_per_actor, "total_s": p.total_s,

@@ -112,8 +112,9 @@ def run_gram_job(cfg: RunConfig, out_dir: Path, progress: bool = True) -> dict:
             with contextlib.closing(_executor(cfg, grid, x, device, placed)) as executor, \
                     tqdm(total=len(todo), desc=f"gram tiles (n={n}, {workers})", unit="tile",
                          disable=not progress, mininterval=1.0) as bar:
-                write_tiles(store, executor, finisher, x, todo, tracker, bar)
+                write_tiles(store, executor, finisher, todo, tracker, bar)
                 info = executor.info()
+            store.remove_temporaries()
             store.compact()
         seconds = time.perf_counter() - t0
         watch = Watch(tracker, len(store.all_tiles()), progress)

@@ -1,9 +1,11 @@
 """On-disk store of the tiles of a symmetric n x n Gram matrix, so a killed job can resume.
 
 Only the tiles (I, J) with J >= I are stored; block I holds rows [I*tile, min((I+1)*tile, n)).
-Every tile file is written through `atomic_path`, so a crash leaves whole files or stray
-temporaries. manifest.json holds the store's identity and the tiles listed at its last
-compaction; each tile written since is one line of the journal manifest.jsonl (O(1) per tile).
+Every tile file is written whole under a temporary name beside it, then renamed (a writer in
+another process, a Ray actor on this host, stages it: `stage_tile`; the store commits it), so a
+crash leaves whole files or stray temporaries, which verifying deletes. manifest.json holds the
+store's identity and the tiles listed at its last compaction; each tile written since is one
+line of the journal manifest.jsonl (O(1) per tile).
 Opening reads both; verifying a store, and `compact`, fold the journal into manifest.json.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,9 +22,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
-from ..atomic import atomic_path, write_json
+from ..atomic import write_json
 from ..errors import UserError
 from . import journal
+from .tile_file import StagedTile, TileTarget, decode_tile, stage_tile
 
 FORMAT = 1
 DTYPES = ("float64", "float32")
@@ -42,26 +46,6 @@ def _posint(x: object) -> bool:
 def _order(key: str) -> tuple[int, ...]:
     m = _KEY.fullmatch(key)
     return (int(m[1]), int(m[2])) if m else (1 << 62,)
-
-
-def _encode(block: np.ndarray) -> bytes:
-    r, c = block.shape
-    field = pa.field("v", pa.from_numpy_dtype(block.dtype))
-    schema = pa.schema([field], metadata={"shape": f"{r},{c}"})
-    sink = pa.BufferOutputStream()
-    with ipc.new_file(sink, schema) as w:
-        w.write_table(pa.table({"v": block.reshape(-1)}, schema=schema))
-    return sink.getvalue().to_pybytes()
-
-
-def _decode(data: bytes) -> np.ndarray:
-    """The tile in `data`; raises (ArrowException, KeyError, ValueError, TypeError) if malformed."""
-    reader = ipc.open_file(pa.BufferReader(data))
-    table = reader.read_all()
-    shape = tuple(int(s) for s in reader.schema.metadata[b"shape"].decode().split(","))
-    if table.column_names != ["v"] or len(shape) != 2:
-        raise ValueError("not a tile")
-    return np.array(table.column("v").to_numpy(), copy=True).reshape(shape)
 
 
 class TileStore:
@@ -150,6 +134,11 @@ class TileStore:
         g = self.grid()
         return [(i, j) for i in range(g) for j in range(i, g)]
 
+    def area(self, i: int, j: int) -> int:
+        """Entries of tile (i, j)."""
+        r, c = self._shape(i, j)
+        return r * c
+
     def _shape(self, i: int, j: int) -> tuple[int, int]:
         (r0, r1), (c0, c1) = self.bounds(i), self.bounds(j)
         return r1 - r0, c1 - c0
@@ -167,14 +156,17 @@ class TileStore:
         })
         (self.path / JOURNAL).unlink(missing_ok=True)
 
-    def _entry(self, i: int, j: int, data: bytes) -> dict:
+    def _entry(self, i: int, j: int, sha256: str, size: int) -> dict:
         (r0, r1), (c0, c1) = self.bounds(i), self.bounds(j)
         return {"file": self._rel(i, j), "rows": [r0, r1], "cols": [c0, c1],
-                "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+                "sha256": sha256, "bytes": size}
+
+    def _data_entry(self, i: int, j: int, data: bytes) -> dict:
+        return self._entry(i, j, hashlib.sha256(data).hexdigest(), len(data))
 
     def _matches(self, i: int, j: int, data: bytes, entry: dict) -> bool:
         return (isinstance(entry, dict)
-                and {k: entry.get(k) for k in _CHECKED} == self._entry(i, j, data))
+                and {k: entry.get(k) for k in _CHECKED} == self._data_entry(i, j, data))
 
     def verify(self) -> tuple[set[tuple[int, int]], list[tuple[int, int]]]:
         """(done, corrupt); drops bad tiles, adopts valid unlisted files, deletes the rest."""
@@ -207,12 +199,12 @@ class TileStore:
             if ij in valid and f.name == Path(self._rel(*ij)).name:
                 data = f.read_bytes()
                 try:
-                    arr = _decode(data)
+                    arr = decode_tile(data)
                     good = arr.shape == self._shape(*ij) and arr.dtype == np.dtype(self.dtype)
                 except (pa.ArrowException, KeyError, ValueError, TypeError):
                     good = False
                 if good:
-                    self._tiles[f"{ij[0]}_{ij[1]}"] = self._entry(*ij, data)
+                    self._tiles[f"{ij[0]}_{ij[1]}"] = self._data_entry(*ij, data)
                     done.add(ij)
                     changed = True
                     continue
@@ -249,25 +241,49 @@ class TileStore:
         files = (self.path / e["file"] for e in self._tiles.values())
         return sum(f.stat().st_size for f in files if f.is_file())
 
+    def target(self, i: int, j: int, reachable: bool = True) -> TileTarget:
+        """Where tile (i, j), j >= i, goes (stage_tile): its file when the writer can reach
+        this folder (`reachable`), else no path (the writer hands the array back)."""
+        if j < i:
+            raise TileStoreError(f"{self.path}: tile ({i}, {j}) below the diagonal; store (j, i)")
+        path = str((self.path / self._rel(i, j)).resolve()) if reachable else None
+        return TileTarget(path, self._shape(i, j), self.dtype)
+
     def write(self, i: int, j: int, block: np.ndarray, seconds: float | None = None,
               flops: int | None = None) -> None:
         """Stores tile (i, j), j >= i, in the store dtype: the file first, then its journal
         line. seconds and flops: what computing it cost (see `work`)."""
-        if j < i:
-            raise TileStoreError(f"{self.path}: tile ({i}, {j}) below the diagonal; store (j, i)")
-        shape = self._shape(i, j)
+        target = self.target(i, j)
         block = np.asarray(block)
-        if block.shape != shape:
-            raise TileStoreError(f"{self.path}: tile ({i}, {j}) must be {shape}, got {block.shape}")
-        data = _encode(np.ascontiguousarray(block, dtype=self.dtype))
-        with atomic_path(self.path / self._rel(i, j)) as tmp:
-            tmp.write_bytes(data)
-        entry = self._entry(i, j, data)
+        if block.shape != target.shape:
+            raise TileStoreError(f"{self.path}: tile ({i}, {j}) must be {target.shape}, "
+                                 f"got {block.shape}")
+        self.commit(i, j, stage_tile(target, block), seconds, flops)
+
+    def commit(self, i: int, j: int, staged: StagedTile, seconds: float | None = None,
+               flops: int | None = None) -> None:
+        """Stores tile (i, j) from its staged file (stage_tile on self.target(i, j)): renamed
+        into place, then its journal line."""
+        final = (self.path / self._rel(i, j)).resolve()
+        tmp = Path(staged.tmp)
+        if (tmp.parent != final.parent or not tmp.is_file()
+                or tmp.stat().st_size != staged.bytes):
+            raise TileStoreError(f"{self.path}: the staged file of tile ({i}, {j}), {tmp}, is "
+                                 f"not a whole file of {staged.bytes} bytes beside {final.name}")
+        os.replace(tmp, final)
+        entry = self._entry(i, j, staged.sha256, staged.bytes)
         if seconds is not None and flops is not None:
             entry |= {"seconds": float(seconds), "flops": int(flops)}
         journal.append(self.path / JOURNAL, {"key": f"{i}_{j}", **entry})
         self._tiles[f"{i}_{j}"] = entry
         self._checked.add(f"{i}_{j}")
+
+    def remove_temporaries(self) -> None:
+        """Deletes stray staged files (of a writer killed after staging, whose tile was
+        computed again): a finished job leaves only its tiles."""
+        tdir = self.path / "tiles"
+        for f in tdir.glob(".t_*.tmp") if tdir.is_dir() else []:
+            f.unlink(missing_ok=True)
 
     def _checked_bytes(self, i: int, j: int) -> bytes:
         f = self.path / self._rel(i, j)
@@ -282,7 +298,7 @@ class TileStore:
 
     def read(self, i: int, j: int) -> np.ndarray:
         """Tile (i, j) after checking its checksum."""
-        return _decode(self._checked_bytes(i, j))
+        return decode_tile(self._checked_bytes(i, j))
 
     def mapped(self, i: int, j: int) -> np.ndarray:
         """Tile (i, j) as a read-only view of its memory-mapped file. Checksummed on first use

@@ -14,6 +14,7 @@ from fntk_dist.cli.main import main
 from fntk_dist.config import build_config
 from fntk_dist.data import load_dataset
 from fntk_dist.distributed.cluster import connect, shutdown
+from fntk_dist.distributed.gram_actors import RayExecutor
 from fntk_dist.distributed.shards import placement
 from fntk_dist.errors import ConfigError
 from fntk_dist.gram import TileStore, iter_tiles, load_gram
@@ -83,6 +84,31 @@ def test_any_grid_gives_the_single_process_gram(ray_cluster, tmp_path, mode):
         assert summary["workers"] == (1 if grid is None else grid[0] * grid[1])
         assert summary["tiles"] == 10 and summary["tiles_computed"] == 10
         assert summary["lambda_min"] == pytest.approx(np.linalg.eigvalsh(ref)[0], rel=1e-8)
+
+
+def test_roots_write_beside_the_store_or_send_tiles_they_cannot_store(ray_cluster, tmp_path,
+                                                                      monkeypatch):
+    """On one host every row group's root stages its finished tiles beside the store; a root
+    on another node (played here by saying so) sends them, and the driver writes them: the
+    same Gram either way, and no staged file is left behind."""
+    seen = []
+    start = RayExecutor.__init__
+
+    def far(self, *args, **kwargs):
+        start(self, *args, **kwargs)
+        seen.append(list(self.root_local))
+        self.root_local = [False] * len(self.groups)
+
+    cfg = config(MODELS["lowrank"], workers=None, grid=(2, 2))
+    ref = reference(cfg)
+    run_gram_job(cfg, tmp_path / "near", progress=False)
+    monkeypatch.setattr(RayExecutor, "__init__", far)
+    run_gram_job(cfg, tmp_path / "far", progress=False)
+    assert seen == [[True, True]]
+    for run in ("near", "far"):
+        assert np.abs(load_gram(tmp_path / run) - ref).max() <= 1e-10 * np.abs(ref).max()
+        assert sorted(p.name for p in (tmp_path / run / "tiles").iterdir()) == sorted(
+            f"t_{i}_{j}.arrow" for i in range(4) for j in range(i, 4))
 
 
 def test_rerun_resumes_and_recomputes_a_corrupt_tile(ray_cluster, tmp_path):

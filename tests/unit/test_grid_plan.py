@@ -60,6 +60,9 @@ def test_tile_costs_add_up_to_the_nets_count_and_the_real_partials(model):
         shape = next(c for c in costs
                      if (c.rows, c.cols, c.diagonal) == (r1 - r0, c1 - c0, r0 == c0))
         assert shape.partial_bytes == sum(t.numel() * t.element_size() for t in stored)
+        assert shape.tile_bytes == (r1 - r0) * (c1 - c0) * 8  # the store's dtype, the net's
+    assert [c.tile_bytes for c in tile_costs(cfg, d, n, tile, "float32")] == [
+        c.tile_bytes / 2 for c in costs]
 
 
 def test_one_tile_is_split_by_width():
@@ -88,7 +91,8 @@ def test_the_prediction_follows_the_rates():
     cfg = run_config(m=4096)
     costs = tile_costs(cfg.model, 32, 256, 256)
     free = replace(CPU_RATES, link_bytes_s=float("inf"), call_s=0.0, cores=None,
-                   finish_s=0.0, finish_flops=float("inf"), half_width=0.0)
+                   finish_s=0.0, finish_flops=float("inf"), half_width=0.0,
+                   store_bytes_s=float("inf"), commit_s=0.0)
     one, four = predict(costs, 4096, 1, 1, free), predict(costs, 4096, 4, 1, free)
     c = costs[0]
     assert one.compute_s == pytest.approx((c.fixed_flops + c.per_neuron_flops * 4096)
@@ -96,9 +100,24 @@ def test_the_prediction_follows_the_rates():
     assert four.compute_s == pytest.approx((c.fixed_flops + c.per_neuron_flops * 1024)
                                            / free.peak_flops)
     assert four.comm_s == 0.0 and four.bytes_per_actor == c.partial_bytes
-    slow_driver = replace(free, finish_s=100.0)
+    slow_driver = replace(free, commit_s=100.0)
     times = [p.total_s for p in plan(cfg.model, 256, 32, 256, 4, slow_driver)]
     assert times == pytest.approx([100.0] * 3, rel=1e-3)
+
+
+def test_tiles_stored_by_the_roots_or_sent_to_the_driver():
+    """Roots that reach the store's folder write their tiles, row groups in parallel; roots on
+    other nodes send them to the driver, which writes every tile in turn."""
+    cfg = run_config(m=64)
+    costs = tile_costs(cfg.model, 32, 4096, 256)  # 136 tiles of 0.5 MB
+    tiles = sum(c.count for c in costs)
+    slow = replace(CPU_RATES, cores=None, store_bytes_s=1e6)
+    shared = predict(costs, 64, 1, 4, slow)
+    sent = predict(costs, 64, 1, 4, replace(slow, shared_store=False))
+    store_all = sum(c.count * c.tile_bytes for c in costs) / slow.store_bytes_s
+    assert shared.driver_s == pytest.approx(tiles * slow.commit_s)
+    assert shared.total_s < store_all / 3  # four roots write at once
+    assert sent.driver_s > store_all and sent.total_s > store_all
 
 
 def write(tmp_path, cfg: dict):

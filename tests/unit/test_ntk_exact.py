@@ -155,6 +155,22 @@ def test_gram_partials_add_reduce_move_and_pickle(mode, sketch):
         assert _rel(finish_gram(whole, total, x, other), ref) < 1e-13
         again = pickle.loads(pickle.dumps(total.cpu()))
         assert torch.equal(finish_gram(whole, again, x, other), finish_gram(whole, total, x, other))
+        # As Ray ships it: every sum an out-of-band buffer (no byte-string copy), received
+        # read-only, rebuilt as writable tensors.
+        buffers = []
+        data = pickle.dumps(total.cpu(), protocol=5, buffer_callback=buffers.append)
+        assert len(buffers) == sum(len(t.tensors()) for t in total.terms)
+        shipped = pickle.loads(data, buffers=[memoryview(b).toreadonly() for b in buffers])
+        for term in shipped.terms:
+            for t in term.tensors():
+                t.add_(0)  # writable memory of its own
+        assert torch.equal(finish_gram(whole, shipped, x, other),
+                           finish_gram(whole, total, x, other))
+        # In place, as a row group's root adds the other shards' sum into its own partial.
+        into = copy.deepcopy(parts[0])
+        for p in parts[1:]:
+            into.add_(p)
+        assert torch.equal(finish_gram(whole, into, x, other), finish_gram(whole, total, x, other))
         assert all((t.g2 is t.g1) == (other is None) for t in again.terms
                    if isinstance(t, RankSum))
         # all_reduce_ with the shards as the processes: every summed tensor once, g2 is g1
@@ -176,3 +192,5 @@ def test_gram_partials_add_reduce_move_and_pickle(mode, sketch):
         assert all(len(r.tensors()) == (1 if other is None else 2) for r in ranks)
     with pytest.raises(ValueError, match="part: cannot add"):
         gram_partial(shards[0], x) + gram_partial(_shards("sketch_in", None, [0, 90])[0], x)
+    with pytest.raises(ValueError, match="part: cannot add"):
+        gram_partial(shards[0], x).add_(gram_partial(_shards("sketch_in", None, [0, 90])[0], x))

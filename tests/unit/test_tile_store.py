@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fntk_dist.gram.tile_file import stage_tile
 from fntk_dist.gram.tile_store import JOURNAL, TileStore, TileStoreError, iter_tiles, load_gram
 
 N, TILE = 23, 5  # grid of 5 blocks, the last 3 rows
@@ -274,3 +275,49 @@ def test_a_crash_between_compaction_and_journal_removal_replays_alike(tmp_path):
     (tmp_path / JOURNAL).write_bytes(kept)  # the journal outlived its compaction
     assert TileStore.open(tmp_path).listed() == store.all_tiles()
     np.testing.assert_array_equal(new(tmp_path).assemble(), h)
+
+
+def test_a_staged_tile_is_committed_whole_and_reads_back(tmp_path):
+    """Another process (a Ray actor on this host) stages a tile beside its target; the store
+    renames it into place and journals it with the writer's checksum, which a reopened store
+    checks."""
+    h = sym(N)
+    store = new(tmp_path / "g", dtype="float32")
+    target = store.target(1, 3)
+    staged = stage_tile(target, h[5:10, 15:20])
+    tmp = Path(staged.tmp)
+    assert tmp.parent == store.path.resolve() / "tiles" and tmp.name.startswith(".t_1_3.arrow.")
+    assert not (store.path / "tiles" / "t_1_3.arrow").exists()
+    store.commit(1, 3, staged, seconds=0.5, flops=7)
+    assert not tmp.exists()
+    np.testing.assert_array_equal(store.read(1, 3), h[5:10, 15:20].astype(np.float32))
+    reopened = new(store.path, dtype="float32")
+    assert reopened.missing() == [t for t in reopened.all_tiles() if t != (1, 3)]
+    assert reopened.work() == (1, 0.5, 7)
+
+
+def test_staging_checks_and_what_a_commit_refuses(tmp_path):
+    store = new(tmp_path / "g")
+    with pytest.raises(ValueError, match=r"must be \(5, 3\)"):
+        stage_tile(store.target(0, 4), np.zeros((5, 5)))
+    with pytest.raises(TileStoreError, match="below the diagonal"):
+        store.target(2, 1)
+    unreachable = store.target(0, 4, reachable=False)  # the writer hands the array back
+    back = stage_tile(unreachable, np.ones((5, 3), dtype=np.float32))
+    assert isinstance(back, np.ndarray) and back.dtype == np.float64
+    staged = stage_tile(store.target(0, 0), np.ones((5, 5)))
+    Path(staged.tmp).write_bytes(b"torn")  # not the whole file the writer reported
+    with pytest.raises(TileStoreError, match="not a whole file"):
+        store.commit(0, 0, staged)
+    assert store.missing() == store.all_tiles()
+    assert not any((store.path / "tiles").iterdir())  # the stray staged file went too
+
+
+def test_a_finished_job_removes_stray_staged_files(tmp_path):
+    store = new(tmp_path / "g")
+    kept = stage_tile(store.target(0, 1), np.ones((5, 5)))
+    stray = stage_tile(store.target(0, 2), np.ones((5, 5)))  # a writer killed after staging
+    store.commit(0, 1, kept)
+    store.remove_temporaries()
+    assert not Path(stray.tmp).exists()
+    assert sorted(f.name for f in (store.path / "tiles").iterdir()) == ["t_0_1.arrow"]
