@@ -61,6 +61,12 @@ def _counts(net: Network) -> bool:
     return held[2]
 
 
+def _span_points(x: torch.Tensor, span: Span) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A tile's row points and column points (None on the diagonal: the symmetric path)."""
+    (r0, r1), (c0, c1) = span
+    return x[r0:r1], (None if (r0, r1) == (c0, c1) else x[c0:c1])
+
+
 def span_partial(net: Network, x: torch.Tensor, span: Span, block: int | None,
                  cpu: bool = True) -> GramPartial:
     """The partial of net's neurons for one tile of the points x: on the CPU, where it travels
@@ -70,10 +76,7 @@ def span_partial(net: Network, x: torch.Tensor, span: Span, block: int | None,
     (finite, (n, d)); so a tile queues device work only, and its one synchronisation is the
     copy of its sums (or its finished tile) to the CPU.
     """
-    counts = _counts(net)
-    (r0, r1), (c0, c1) = span
-    x2 = None if (r0, r1) == (c0, c1) else x[c0:c1]  # a diagonal tile: the symmetric path
-    part = partial_sums(net, x[r0:r1], x2, block, None, counts)
+    part = partial_sums(net, *_span_points(x, span), block, None, _counts(net))
     return part.cpu() if cpu else part
 
 
@@ -81,9 +84,7 @@ def finish_span(net: Network, x: torch.Tensor, part: GramPartial, span: Span,
                 target: TileTarget) -> StagedTile | np.ndarray:
     """The tile from the partial of all neurons, finished on net's device (net: any shard of
     the net) and staged at `target` (or the array, for a target with no path)."""
-    (r0, r1), (c0, c1) = span
-    x2 = None if (r0, r1) == (c0, c1) else x[c0:c1]
-    h = finish_gram(net, part.to(net.device), x[r0:r1], x2)
+    h = finish_gram(net, part.to(net.device), *_span_points(x, span))
     return stage_tile(target, h.cpu().numpy())
 
 

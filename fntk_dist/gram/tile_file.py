@@ -77,8 +77,7 @@ def stage_tile(target: TileTarget, block: np.ndarray) -> StagedTile | np.ndarray
     (a StagedTile), or, for a target with no path, the array itself."""
     block = np.ascontiguousarray(block, dtype=target.dtype)
     if block.shape != tuple(target.shape):
-        raise ValueError(f"tile for {target.path}: must be {tuple(target.shape)}, "
-                         f"got {block.shape}")
+        raise ValueError(f"tile must be {tuple(target.shape)}, got {block.shape}")
     if target.path is None:
         return block
     tmp = temporary_beside(target.path)

@@ -253,12 +253,11 @@ class TileStore:
               flops: int | None = None) -> None:
         """Stores tile (i, j), j >= i, in the store dtype: the file first, then its journal
         line. seconds and flops: what computing it cost (see `work`)."""
-        target = self.target(i, j)
-        block = np.asarray(block)
-        if block.shape != target.shape:
-            raise TileStoreError(f"{self.path}: tile ({i}, {j}) must be {target.shape}, "
-                                 f"got {block.shape}")
-        self.commit(i, j, stage_tile(target, block), seconds, flops)
+        try:
+            staged = stage_tile(self.target(i, j), np.asarray(block))
+        except ValueError as e:  # the wrong shape, or values the store's dtype cannot hold
+            raise TileStoreError(f"{self.path}: tile ({i}, {j}): {e}") from None
+        self.commit(i, j, staged, seconds, flops)
 
     def commit(self, i: int, j: int, staged: StagedTile, seconds: float | None = None,
                flops: int | None = None) -> None:

@@ -119,12 +119,15 @@ class GramPartial:
     def _sums(self) -> tuple[Term, ...]:
         return self.terms if self.back is None else (*self.terms, self.back)
 
-    def __add__(self, other: GramPartial) -> GramPartial:
-        if not isinstance(other, GramPartial):
-            return NotImplemented
+    def _check_addable(self, other: GramPartial) -> None:
         if other.keys != self.keys or (other.back is None) != (self.back is None):
             raise ValueError(f"part: cannot add partials of terms {self.keys} and {other.keys}"
                              f" (back signal: {self.back is not None}, {other.back is not None})")
+
+    def __add__(self, other: GramPartial) -> GramPartial:
+        if not isinstance(other, GramPartial):
+            return NotImplemented
+        self._check_addable(other)
         back = None if self.back is None else self.back + other.back
         return GramPartial(tuple(a + b for a, b in zip(self.terms, other.terms)), back)
 
@@ -136,8 +139,7 @@ class GramPartial:
     def add_(self, other: GramPartial) -> GramPartial:
         """Adds other's sums into self's, in place (no n x n allocation: a row group's root
         adds the other shards' sum into its own partial); returns self."""
-        if other.keys != self.keys or (other.back is None) != (self.back is None):
-            raise ValueError(f"part: cannot add partials of terms {self.keys} and {other.keys}")
+        self._check_addable(other)
         for mine, theirs in zip(self._sums(), other._sums()):
             ours, their = mine.tensors(), theirs.tensors()
             if len(ours) != len(their):

@@ -155,7 +155,7 @@ def test_unlisted_files(full):
 
 def test_write_checks(tmp_path):
     store = new(tmp_path)
-    with pytest.raises(TileStoreError, match="must be"):
+    with pytest.raises(TileStoreError, match=r"tile \(0, 4\): tile must be \(5, 3\)"):
         store.write(0, 4, np.zeros((5, 5)))
     with pytest.raises(TileStoreError, match="below the diagonal"):
         store.write(1, 0, np.zeros((5, 5)))
