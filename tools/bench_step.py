@@ -34,9 +34,9 @@ import torch
 from timing import per_call, spread
 
 from fntk_dist import TwoLayerNet
+from fntk_dist.memory import keep_freed_memory
 from fntk_dist.train.blocked import SpareGrads, blocked_output
 from fntk_dist.train.config import TrainConfig
-from fntk_dist.train.memory import keep_freed_memory
 from fntk_dist.train.parts import TorchEngine
 
 NETS = ("dense", "sketch_in")

@@ -38,6 +38,7 @@ from ..gram import tile_file
 from ..gram.executor import Span, finish_span, span_partial, store_spans
 from ..gram.tile_file import StagedTile, TileTarget
 from ..gram.tile_store import TileStore
+from ..memory import keep_freed_memory
 from ..models.config import ModelConfig
 from ..ntk import GramPartial
 from ..runtime import peak_rss_bytes, rss_bytes
@@ -51,6 +52,7 @@ class GramShard:
     def __init__(self, model: dict, d: int, neurons: tuple[int, int], block: int | None,
                  device: str) -> None:
         self.base_rss = rss_bytes()  # the Python + torch process before any of our data
+        keep_freed_memory()
         self.net = ModelConfig(**model).build(d, device=device, neurons=neurons)
         self.device, self.block = device, block
         self.x: torch.Tensor | None = None

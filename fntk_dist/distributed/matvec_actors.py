@@ -21,6 +21,7 @@ import ray
 import torch
 
 from ..config import RunConfig
+from ..memory import keep_freed_memory
 from ..models.config import ModelConfig
 from ..ntk import GramPartial, finish_gram
 from ..ntk.empirical import partial_sums
@@ -41,6 +42,7 @@ class MatvecShard:
 
     def __init__(self, model: dict, d: int, neurons: tuple[int, int], block: int | None,
                  device: str) -> None:
+        keep_freed_memory()
         self.net = ModelConfig(**model).build(d, device=device, neurons=neurons)
         # The terms that add over shards: the same neurons with V frozen (its term is taken
         # from G summed over every shard, rank_term); the net itself where V is not trained.

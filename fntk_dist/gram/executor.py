@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 import torch
 
+from ..memory import keep_freed_memory
 from ..models.network import Network
 from ..ntk import GramPartial
 from ..ntk.empirical import finish_gram, partial_sums
@@ -103,6 +104,7 @@ class LocalExecutor:
 
     def __init__(self, cfg: RunConfig, x: torch.Tensor, device: torch.device) -> None:
         self.base_rss = rss_bytes()  # before the net: what the tiles' work adds is above it
+        keep_freed_memory()
         self.device = device
         self.net = cfg.model.build(x.shape[1], device=device)
         self.x = x.to(device)

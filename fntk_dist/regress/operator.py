@@ -13,6 +13,7 @@ from typing import Protocol
 
 import torch
 
+from ..memory import keep_freed_memory
 from ..models.network import Network
 from ..ntk import empirical_ntk, ntk_matvec
 from ..runtime import peak_rss_bytes
@@ -54,6 +55,7 @@ class LocalOperator:
     """The whole net on `device`; x: the training points (n, d) in the net's dtype."""
 
     def __init__(self, net: Network, x: torch.Tensor, block: int | None, tile: int) -> None:
+        keep_freed_memory()
         self.net, self.x, self.block, self.tile = net, x.to(net.device), block, tile
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:

@@ -32,11 +32,11 @@ from ..distributed.parallelize import (
     width_shard,
 )
 from ..interrupts import Interrupted
+from ..memory import keep_freed_memory
 from ..models.network import Network
 from ..runtime import as_dtype, peak_rss_bytes, rss_bytes, synchronize
 from ..track import make_tracker
 from .diagnostics import Diagnostics
-from .memory import keep_freed_memory
 from .parts import Checkpointer, Engine, Mesh
 from .summary import finish_run
 
@@ -84,7 +84,7 @@ def train_loop(
     are on, the metrics so far written) and raises Interrupted.
     """
     tc = cfg.train
-    keep_freed_memory()  # each step's temporaries reuse the last step's pages (train.memory)
+    keep_freed_memory()  # each step's temporaries reuse the last step's pages (fntk_dist.memory)
     batch = batch_size(cfg, data.n)  # the driver has checked the run (fntk_dist.checks)
     dt = as_dtype(cfg.model.dtype)
     x = torch.as_tensor(data.x, dtype=dt, device=device)

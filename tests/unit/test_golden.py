@@ -1,12 +1,13 @@
-"""The depth-1 network against golden_depth1.npz, bit for bit.
+"""The depth-1 network against golden_depth1.npz.
 
 The arrays were written by tests/assets/make_golden_depth1.py from the two-layer code before the
 layer refactor: weights, outputs, blocked output and gradients, Gram, cross-Gram and mat-vec for
-every mode and sketch. Equality is exact (np.array_equal): a restructured net must compute the
-same numbers in the same order, not merely close ones. The one exception is the blocked output
-and its gradients: issue 16 stored each block's pre-activations neuron-major (block x n), a GEMM
-of another layout that rounds differently, so those agree to 64 units in the last place of
-their largest entry, not bit for bit.
+every mode and sketch. The weights are pure functions of the seed and must be equal bit for bit.
+What the net computes from them agrees to rounding: a GEMM's last bits depend on the CPU's
+kernels, and an AVX-512 host differs from the host that wrote the file by up to 4.2 units in
+the last place of each array's largest entry (forward, blocked output, gradients, Gram,
+cross-Gram, mat-vec; measured over every case). The bound is 64 units: a wrong term, a lost
+scale or a transposed factor moves an entry by far more.
 """
 
 from __future__ import annotations
@@ -56,8 +57,7 @@ def _equal(got: torch.Tensor | np.ndarray, want: np.ndarray, what: str) -> None:
 
 
 def _close(got: torch.Tensor, want: np.ndarray, what: str) -> None:
-    """Equal to rounding: within 64 units in the last place of the tensor's largest entry (the
-    layouts measured up to 5 of them apart; a wrong term moves an entry by far more)."""
+    """Equal to rounding: within 64 units in the last place of the tensor's largest entry."""
     got = got.detach().cpu().numpy()
     assert got.dtype == want.dtype and got.shape == want.shape, what
     bound = 64 * np.finfo(want.dtype).eps * np.abs(want).max()
@@ -85,7 +85,7 @@ def test_depth1_net_matches_golden(stored, case):
         _equal(state[key], want, f"{name} state {key}")
 
     with torch.no_grad():
-        _equal(net(x), stored[f"{name}/forward"], f"{name} forward")
+        _close(net(x), stored[f"{name}/forward"], f"{name} forward")
     y = blocked_output(net, x, block=64)
     _close(y, stored[f"{name}/blocked"], f"{name} blocked")
     (0.5 * (y**2).sum()).backward()
@@ -96,9 +96,9 @@ def test_depth1_net_matches_golden(stored, case):
         _close(grads[key], want, f"{name} grad {key}")
 
     if neurons is None:
-        _equal(empirical_ntk(net, x, block=64), stored[f"{name}/gram"], f"{name} gram")
-        _equal(empirical_ntk(net, x, x2, block=64), stored[f"{name}/cross"], f"{name} cross")
+        _close(empirical_ntk(net, x, block=64), stored[f"{name}/gram"], f"{name} gram")
+        _close(empirical_ntk(net, x, x2, block=64), stored[f"{name}/cross"], f"{name} cross")
         v = torch.linspace(-1, 1, golden.N, dtype=net.dtype)
-        _equal(ntk_matvec(net, x, v, block=64), stored[f"{name}/matvec"], f"{name} matvec")
+        _close(ntk_matvec(net, x, v, block=64), stored[f"{name}/matvec"], f"{name} matvec")
     else:
         assert f"{name}/gram" not in stored

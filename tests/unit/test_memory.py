@@ -1,4 +1,4 @@
-"""train.memory: with freed memory kept, a step's temporaries reuse the last step's pages."""
+"""fntk_dist.memory: with freed memory kept, a step's temporaries reuse the last step's pages."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 # then), in a fresh process each way.
 _ROUNDS = """
 import json, resource, sys, torch
-from fntk_dist.train.memory import keep_freed_memory
+from fntk_dist.memory import keep_freed_memory
 applied = keep_freed_memory() if sys.argv[1] == "keep" else None
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
