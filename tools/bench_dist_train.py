@@ -16,23 +16,37 @@ devices: what ZeRO-3 saves there is the partitioning of parameters, gradients an
 The deep case (issue 11): a depth-3 factorized net (sketch_in, lowrank, lowrank; width m, rank
 k) in float64, full-batch GD, ZeRO 0, on 1 worker, 2 width-sharded workers (tensor
 parallelism, a 2 x 1 mesh) and 2 data-parallel workers (1 x 2), each worker one thread
-(OMP_NUM_THREADS=1, so 2 workers use the 2 cores that 1 leaves half idle). It prints, per
-layout, the bytes of the tensors one step's collectives summed (counted in the mesh's
-all-reduces: Z and dL/dZ of each factorized layer for width sharding, every gradient for
-data parallelism) and samples/s, as the median and range over --repeats runs, then the
-ratios: data-parallel bytes over width-sharded bytes, and each 2-worker layout's samples/s
-over 1 worker's.
+(OMP_NUM_THREADS=1, so 2 workers use the 2 cores that 1 leaves half idle), --deep-steps steps.
+It prints, per layout, the bytes of the tensors one step's collectives summed (counted in the
+mesh's all-reduces: Z and dL/dZ of each factorized layer for width sharding, every gradient for
+data parallelism) and the steady samples/s: n over the median step after the first (the first
+step also waits for the slowest rank to arrive from its start-up), as the median and range over
+--repeats runs, then the ratios: data-parallel bytes over width-sharded bytes, and each
+2-worker layout's samples/s over 1 worker's, steady and over all steps (the run's own
+samples/s, from its mean step).
+
+The same three layouts then run the same loop, engine and mesh (train_loop, DeepSpeedEngine,
+Mesh on gloo over loopback) in processes started by torch.multiprocessing instead of Ray Train
+(--no-bare skips them): on a 2-core host two lockstep workers have no core to spare for Ray's
+own processes (raylet, GCS, agents, Ray Train's controller and helper actors), so the two
+figures side by side tell the framework's scaling from the share of the host Ray takes.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import socket
 import statistics
 import tempfile
 from pathlib import Path
 
-from fntk_dist.config import build_config
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+import torch.multiprocessing as mp
+
+from fntk_dist.config import RunConfig, build_config
 from fntk_dist.distributed.cluster import connect
 from fntk_dist.train.job import run_train_job
 
@@ -88,38 +102,110 @@ def _spread(values: list[float], fmt: str) -> str:
             f"{max(values):{fmt}}]")
 
 
-def deep(args: argparse.Namespace) -> None:
+def _deep_config(args: argparse.Namespace, width: int, data: int) -> RunConfig:
     m, k = args.deep_m, args.deep_k
     layers = [{"m": m, "mode": "sketch_in", "k": k, "sketch": "srht"},
               {"m": m, "mode": "lowrank", "k": k}, {"m": m, "mode": "lowrank", "k": k}]
-    runs: dict[str, list[dict]] = {name: [] for name in DEEP_RUNS}
+    return build_config({
+        "model": {"layers": layers, "dtype": "float64"},
+        "data": {"source": "sphere", "n": args.deep_n, "d": args.d},
+        "train": {"steps": args.deep_steps, "lr": 1e-3, "ntk_every": 0, "gram_max_n": 1,
+                  "log_every": 1},
+        "dist": {"workers": width * data, "width": width, "data": data},
+        "tracking": {"wandb": False},
+    }, source="bench")
+
+
+def _step_seconds(run: Path) -> np.ndarray:
+    """Every step's seconds, from the run's metrics (log_every 1)."""
+    col = pq.read_table(run / "metrics.parquet", columns=["step_seconds"]).column(0)
+    sec = col.to_numpy(zero_copy_only=False)
+    return sec[~np.isnan(sec)]
+
+
+def _bare_rank(rank: int, world: int, width: int, port: int, cfg: dict, out: str) -> None:
+    """One rank of a run without Ray: the loop, engine and mesh of a Ray Train worker."""
+    import torch.distributed as dist
+
+    from fntk_dist.data import load_dataset
+    from fntk_dist.distributed.deepspeed_engine import DeepSpeedEngine
+    from fntk_dist.distributed.train_worker import init_mesh
+    from fntk_dist.train.loop import train_loop
+    from fntk_dist.train.parts import FolderCheckpointer
+
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    dist.init_process_group("gloo")
+    mesh = init_mesh(width, world // width)
+    run_cfg = RunConfig.model_validate(cfg)
+    train_loop(run_cfg, Path(out), load_dataset(run_cfg.data), mesh=mesh,
+               device=torch.device("cpu"),
+               make_engine=lambda net, eta, rows: DeepSpeedEngine(net, run_cfg, eta, rows, mesh),
+               checkpointer=FolderCheckpointer(Path(out)), progress=False)
+    dist.destroy_process_group()
+
+
+def _bare_run(cfg: RunConfig, width: int, data: int, out: Path) -> np.ndarray:
+    with socket.socket() as s:  # a free loopback port for the group's rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_bare_rank, args=(width * data, width, port, cfg.model_dump(mode="json"),
+                               str(out)), nprocs=width * data)
+    return _step_seconds(out)
+
+
+def _ratios(got: list[dict], one: list[dict], key: str) -> str:
+    return _spread([g[key] / o[key] for g, o in zip(got, one)], ".2f")
+
+
+def deep(args: argparse.Namespace) -> None:
+    launches = ("Ray Train", "without Ray") if args.bare else ("Ray Train",)
+    runs = {(how, name): [] for how in launches for name in DEEP_RUNS}
     for _ in range(args.repeats):  # the layouts alternate, so drifts of the machine spread
-        for name, (width, data) in DEEP_RUNS.items():
-            cfg = build_config({
-                "model": {"layers": layers, "dtype": "float64"},
-                "data": {"source": "sphere", "n": args.deep_n, "d": args.d},
-                "train": {"steps": args.steps, "lr": 1e-3, "ntk_every": 0, "gram_max_n": 1},
-                "dist": {"workers": width * data, "width": width, "data": data},
-                "tracking": {"wandb": False},
-            }, source="bench")
-            with tempfile.TemporaryDirectory() as tmp:
-                runs[name].append(run_train_job(cfg, Path(tmp) / "run", progress=False))
-    s0 = runs["1 worker"][0]
-    print(f"deep: sketch_in(srht) -> lowrank -> lowrank, m={m} k={k} (m/k={m // k}) "
-          f"d={args.d} n={args.deep_n}, float64 GD, ZeRO 0, {args.steps} steps, one thread per "
-          f"worker; {s0['trainable_params'] / 1e6:.2f} M trained parameters; median [min, max] "
-          f"over {args.repeats} runs")
-    for name, got in runs.items():
-        moved = [(s["width_bytes_per_step"] + s["data_bytes_per_step"]) / 2**20 for s in got]
-        print(f"{name:34s} {_spread(moved, '.3f')} MiB moved/step  "
-              f"{_spread([s['samples_per_s'] for s in got], '.1f')} samples/s  "
-              f"{_spread([s['seconds_per_step'] for s in got], '.3f')} s/step")
-    one, width, data = (runs[name] for name in DEEP_RUNS)
+        for how in launches:
+            for name, (width, data) in DEEP_RUNS.items():
+                cfg = _deep_config(args, width, data)
+                with tempfile.TemporaryDirectory() as tmp:
+                    out = Path(tmp) / "run"
+                    if how == "Ray Train":
+                        s = run_train_job(cfg, out, progress=False)
+                        steps = _step_seconds(out)
+                    else:
+                        steps = _bare_run(cfg, width, data, out)
+                        s = {"width_bytes_per_step": None}
+                if len(steps) < 2:
+                    raise SystemExit("--deep-steps: at least 2 steps are needed")
+                s["steady_samples_per_s"] = args.deep_n / float(np.median(steps[1:]))
+                s["all_samples_per_s"] = args.deep_n / float(steps.mean())
+                runs[how, name].append(s)
+    first = runs["Ray Train", "1 worker"][0]
+    print(f"deep: sketch_in(srht) -> lowrank -> lowrank, m={args.deep_m} k={args.deep_k} "
+          f"(m/k={args.deep_m // args.deep_k}) d={args.d} n={args.deep_n}, float64 GD, ZeRO 0, "
+          f"{args.deep_steps} steps, one thread per worker; "
+          f"{first['trainable_params'] / 1e6:.2f} M trained parameters; median [min, max] over "
+          f"{args.repeats} runs; steady: n / the median step after the first; all: n / the "
+          "mean step")
+    for how in launches:
+        print(f"{how}:")
+        for name in DEEP_RUNS:
+            got = runs[how, name]
+            moved = ("" if got[0]["width_bytes_per_step"] is None else _spread(
+                [(s["width_bytes_per_step"] + s["data_bytes_per_step"]) / 2**20 for s in got],
+                ".3f") + " MiB moved/step  ")
+            print(f"  {name:34s} {moved}steady "
+                  f"{_spread([s['steady_samples_per_s'] for s in got], '.1f')} samples/s, all "
+                  f"{_spread([s['all_samples_per_s'] for s in got], '.1f')}")
+    width, data = (runs["Ray Train", name][0] for name in list(DEEP_RUNS)[1:])
     print("data-parallel bytes / width-sharded bytes per step: "
-          f"{data[0]['data_bytes_per_step'] / width[0]['width_bytes_per_step']:.1f}x")
-    for name, got in (("width-sharded", width), ("data-parallel", data)):
-        ratios = [g["samples_per_s"] / o["samples_per_s"] for g, o in zip(got, one)]
-        print(f"2 workers {name} vs 1: {_spread(ratios, '.2f')}x samples/s (paired by run)")
+          f"{data['data_bytes_per_step'] / width['width_bytes_per_step']:.1f}x")
+    for how in launches:
+        one = runs[how, "1 worker"]
+        for name in list(DEEP_RUNS)[1:]:
+            got = runs[how, name]
+            print(f"{how}, {name} vs 1 worker (paired by run): steady "
+                  f"{_ratios(got, one, 'steady_samples_per_s')}x, all steps "
+                  f"{_ratios(got, one, 'all_samples_per_s')}x samples/s")
 
 
 def main() -> None:
@@ -132,6 +218,9 @@ def main() -> None:
     ap.add_argument("--deep-m", type=int, default=4096)
     ap.add_argument("--deep-k", type=int, default=64)
     ap.add_argument("--deep-n", type=int, default=256)
+    ap.add_argument("--deep-steps", type=int, default=32)
+    ap.add_argument("--no-bare", dest="bare", action="store_false",
+                    help="deep case: skip the runs without Ray")
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     # One thread per worker: the embedded cluster's workers inherit it.

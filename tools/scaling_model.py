@@ -145,9 +145,11 @@ def _median_seconds(fn, repeats: int) -> float:
 def calibrate_kernel(args: argparse.Namespace) -> tuple[float, float]:
     """(peak FLOP/s, half-rate width) of one thread's tile kernel: span_partial on a
     tile x tile off-diagonal tile for several neuron counts, t(w) = (fixed + per_neuron (w +
-    half)) / peak fitted (linear in w)."""
+    half)) / peak fitted (linear in w). Freed memory kept, as the actors keep it."""
     from fntk_dist.gram.executor import span_partial
+    from fntk_dist.memory import keep_freed_memory
 
+    keep_freed_memory()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     model = ModelConfig(mode=args.cal_mode, m=1024, k=args.k)
