@@ -172,8 +172,7 @@ def deep(args: argparse.Namespace) -> None:
                         s = run_train_job(cfg, out, progress=False)
                         steps = _step_seconds(out)
                     else:
-                        steps = _bare_run(cfg, width, data, out)
-                        s = {"width_bytes_per_step": None}
+                        steps, s = _bare_run(cfg, width, data, out), {}
                 if len(steps) < 2:
                     raise SystemExit("--deep-steps: at least 2 steps are needed")
                 s["steady_samples_per_s"] = args.deep_n / float(np.median(steps[1:]))
@@ -190,7 +189,7 @@ def deep(args: argparse.Namespace) -> None:
         print(f"{how}:")
         for name in DEEP_RUNS:
             got = runs[how, name]
-            moved = ("" if got[0]["width_bytes_per_step"] is None else _spread(
+            moved = ("" if how != "Ray Train" else _spread(
                 [(s["width_bytes_per_step"] + s["data_bytes_per_step"]) / 2**20 for s in got],
                 ".3f") + " MiB moved/step  ")
             print(f"  {name:34s} {moved}steady "
