@@ -38,6 +38,18 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def to_host(t: torch.Tensor) -> torch.Tensor:
+    """t on the CPU (t itself when it is there). From a GPU, through page-locked memory from
+    torch's caching host allocator, which keeps freed blocks for the next copy of that size: a
+    job's tiles and partials reuse one. On an H100 host, 1 GB moved in 0.0195 s so, against
+    0.82 s by .cpu() into freshly allocated pageable memory (page faults and the driver's
+    staging; docs/gpu/README.md)."""
+    if t.device.type == "cpu":
+        return t
+    host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    return host.copy_(t)
+
+
 @contextlib.contextmanager
 def ieee_float32(device: torch.device) -> Iterator[None]:
     """float32 matrix products in IEEE float32 on CUDA while inside, whatever the process set

@@ -7,7 +7,7 @@ and the CUDA Gram's agreement with the CPU float64 Gram; one JSON and one Markdo
 Measured in one run, each a median over --repeats timed calls after one warm-up call (timers
 synchronise the device before they read the clock):
 
-- peak: square GEMMs (8192; 256 with --small) in float32 (IEEE), TF32 and bfloat16;
+- peak: square GEMMs (8192; 256 with --small) in float32 (IEEE), TF32, float64 and bfloat16;
 - Gram (issue 18's target: n = 16384, m = 65536, d = 1024; sketch_in with k = 128 and dense;
   float32 and float64 nets): TFLOP/s of the whole Gram (net.gram_flops over its time) and of
   the overlap products S S^T (2 n^2 m over the time of the sums over neurons, where they are
@@ -19,11 +19,14 @@ synchronise the device before they read the clock):
   in the blocks `fntk train` picks and, on CUDA, in blocks from free device memory):
   model FLOPs (net.cost().train_step_flops * n) per second as a fraction of the bfloat16 peak
   (target: >= 40%), with and without autocast; under autocast on CUDA both with the fused
-  kernels (train.fused) and with the walk they replace.
+  kernels (train.fused) and with the walk they replace;
+- scaling (tools/gpu_scaling.py): the tile phase of one-device `fntk gram` jobs against the
+  scaling model's prediction for one actor, with its stated rates and with this run's.
 
 --device cpu --small runs the same code on the CPU at toy sizes (a unit test does): its
-timings mean nothing. --pytest-log/--pytest-rc put a test run's outcome into the report
-(tools/gpu_check.sh does).
+timings mean nothing. --only gram|step|scaling (repeatable) runs those sections alone, after
+the peaks. --pytest-log/--pytest-rc put a test run's outcome into the report (tools/gpu_check.sh
+does).
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
+from gpu_scaling import markdown as scaling_markdown
+from gpu_scaling import scaling_runs
 
 from fntk_dist import TwoLayerNet, empirical_ntk
 from fntk_dist.models.blocks import device_block
@@ -55,6 +60,7 @@ SIZES = {
     "small": {"peak": 256, "gram": {"n": 256, "m": 2048, "d": 64, "k": 16},
               "step": {"n": 256, "m": 4096, "d": 64, "k": 16}, "agree_rows": 32},
 }
+SECTIONS = ("gram", "step", "scaling")
 TARGETS = {"gram_overlap_fraction_of_bf16_peak": 0.5, "step_fraction_of_bf16_peak": 0.4,
            "gram_agreement_float64": 1e-10}
 
@@ -88,9 +94,10 @@ def float32_matmul(device: torch.device, precision: str) -> Iterator[None]:
 
 
 def gemm_peaks(n: int, device: torch.device, repeats: int) -> dict:
-    """TFLOP/s of an n x n x n GEMM in float32, TF32 (CUDA only) and bfloat16."""
+    """TFLOP/s of an n x n x n GEMM in float32, TF32 (CUDA only), float64 and bfloat16."""
     out = {}
-    kinds = [("float32", torch.float32, "ieee"), ("bf16", torch.bfloat16, "ieee")]
+    kinds = [("float32", torch.float32, "ieee"), ("float64", torch.float64, "ieee"),
+             ("bf16", torch.bfloat16, "ieee")]
     if device.type == "cuda":
         kinds.insert(1, ("tf32", torch.float32, "tf32"))
     for label, dtype, precision in kinds:
@@ -217,10 +224,11 @@ def markdown(report: dict) -> str:
     lines += ["| GEMM peak | TFLOP/s | seconds |", "|---|---|---|"]
     lines += [f"| {kind} | {v['tflops']:.3g} | {v['median_s']:.4g} [{v['min_s']:.4g}, "
               f"{v['max_s']:.4g}] |" for kind, v in peak.items()]
-    lines += ["", "| Gram | dtype | seconds | Gram TFLOP/s | of bf16 peak | neuron sums, "
-              "seconds | overlap TFLOP/s | of bf16 peak | max rel. err vs CPU f64 | "
-              "Frobenius rel. |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for g in report["gram"]:
+    if report.get("gram"):
+        lines += ["", "| Gram | dtype | seconds | Gram TFLOP/s | of bf16 peak | neuron sums, "
+                  "seconds | overlap TFLOP/s | of bf16 peak | max rel. err vs CPU f64 | "
+                  "Frobenius rel. |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for g in report.get("gram", []):
         name = f"{g['mode']}{'' if g['k'] is None else ' k=' + str(g['k'])} n={g['n']} " \
                f"m={g['m']} d={g['d']}"
         lines.append(f"| {name} | {g['dtype']} | {g['median_s']:.4g} [{g['min_s']:.4g}, "
@@ -229,9 +237,10 @@ def markdown(report: dict) -> str:
                      f"[{g['sums_min_s']:.4g}, {g['sums_max_s']:.4g}] | "
                      f"{g['overlap_tflops']:.3g} | {g['overlap_fraction_of_bf16_peak']:.0%} | "
                      f"{g['max_rel']:.2e} | {g['frobenius_rel']:.2e} |")
-    lines += ["", "| training step | blocks | bf16 autocast | seconds | model TFLOP/s "
-              "| of bf16 peak |", "|---|---|---|---|---|---|"]
-    for s in report["step"]:
+    if report.get("step"):
+        lines += ["", "| training step | blocks | bf16 autocast | seconds | model TFLOP/s "
+                  "| of bf16 peak |", "|---|---|---|---|---|---|"]
+    for s in report.get("step", []):
         name = f"{s['mode']} n={s['n']} m={s['m']} d={s['d']} k={s['k']}"
         blocks = s["blocks"] if "kernels" not in s else f"{s['blocks']}, {s['kernels']}"
         if "error" in s:
@@ -241,6 +250,8 @@ def markdown(report: dict) -> str:
         lines.append(f"| {name} | {blocks} | {s['bf16_autocast']} | {s['median_s']:.4g} "
                      f"[{s['min_s']:.4g}, {s['max_s']:.4g}] | {s['tflops']:.3g} | "
                      f"{s['fraction_of_bf16_peak']:.0%} |")
+    if report.get("scaling"):  # runs before 2026-11-26's H100 runs have none
+        lines += scaling_markdown(report["scaling"])
     lines += ["", f"Targets (issue 18): {json.dumps(TARGETS)}", ""]
     return "\n".join(lines)
 
@@ -256,6 +267,8 @@ def main() -> None:
     ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     ap.add_argument("--small", action="store_true", help="toy sizes (a CPU test runs these)")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--only", action="append", choices=SECTIONS, default=None,
+                    help="run this section (repeatable; default all), after the GEMM peaks")
     ap.add_argument("--out", type=Path, default=Path("gpu_report"))
     ap.add_argument("--pytest-log", type=Path, default=None)
     ap.add_argument("--pytest-rc", type=int, default=None)
@@ -280,9 +293,15 @@ def main() -> None:
               "torch": torch.__version__, "cuda": torch.version.cuda,
               "triton": fused.triton.__version__ if fused.triton is not None else None,
               "sizes": "small" if args.small else "target", "repeats": args.repeats,
-              "peak": peak, "targets": TARGETS,
-              "gram": gram_runs(size["gram"], size["agree_rows"], device, args.repeats, bf16),
-              "step": step_runs(size["step"], device, args.repeats, bf16)}
+              "peak": peak, "targets": TARGETS}
+    sections = args.only or SECTIONS
+    if "gram" in sections:
+        report["gram"] = gram_runs(size["gram"], size["agree_rows"], device, args.repeats, bf16)
+    if "step" in sections:
+        report["step"] = step_runs(size["step"], device, args.repeats, bf16)
+    if "scaling" in sections:
+        report["scaling"] = scaling_runs(size["gram"], args.small, device, peak, args.repeats,
+                                         lambda n, d, dt: _points(n, d, torch.device("cpu"), dt))
     if args.pytest_log is not None:
         report["tests"] = tests_outcome(args.pytest_log, args.pytest_rc)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -61,7 +61,7 @@ COLLECTIVE_LATENCY_S = 20e-6  # one step of a ring all-reduce between nodes
 
 # -- GPU predictions ------------------------------------------------------------------------
 def gram_table(args: argparse.Namespace, shared_store: bool) -> None:
-    model = ModelConfig(mode=args.mode, m=args.m, k=args.k, dtype="float32")
+    model = ModelConfig(mode=args.mode, m=args.m, k=args.k, dtype=args.gram_dtype)
     rates = h100_rates(args.gram_dtype, args.link_gbs * 1e9, shared_store)
     where = ("each row group's root finishes its tiles on its GPU and writes them to a shared "
              "filesystem" if shared_store else "roots finish on their GPU and send each tile "
@@ -324,7 +324,8 @@ def main() -> None:
     ap.add_argument("--mode", default="sketch_in")
     ap.add_argument("--tile", type=int, default=16384)
     ap.add_argument("--batch", type=int, default=65536, help="training: global batch")
-    ap.add_argument("--gram-dtype", default="float32", choices=["float32", "float64", "bf16"])
+    ap.add_argument("--gram-dtype", default="float32", choices=["float32", "float64"],
+                    help="the net's (its tiles'); the 0/1 mask products run in bf16 either way")
     ap.add_argument("--train-dtype", default="bf16", choices=["float32", "bf16"])
     ap.add_argument("--link-gbs", type=float, default=25.0, help="GB/s per GPU between nodes")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])

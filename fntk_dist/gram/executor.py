@@ -23,7 +23,7 @@ from ..models.network import Network
 from ..ntk import GramPartial
 from ..ntk.empirical import finish_gram, partial_sums
 from ..ntk.gram_terms import unit_readout
-from ..runtime import peak_rss_bytes, rss_bytes
+from ..runtime import peak_rss_bytes, rss_bytes, to_host
 from .tile_file import StagedTile, TileTarget, stage_tile
 from .tile_store import TileStore
 
@@ -86,7 +86,7 @@ def finish_span(net: Network, x: torch.Tensor, part: GramPartial, span: Span,
     """The tile from the partial of all neurons, finished on net's device (net: any shard of
     the net) and staged at `target` (or the array, for a target with no path)."""
     h = finish_gram(net, part.to(net.device), *_span_points(x, span))
-    return stage_tile(target, h.cpu().numpy())
+    return stage_tile(target, to_host(h).numpy())
 
 
 def span_tile(net: Network, x: torch.Tensor, span: Span, block: int | None,

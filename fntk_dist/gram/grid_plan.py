@@ -54,10 +54,16 @@ class Rates:
     commit_s: float  # the driver's seconds per tile (rename, journal line, progress)
     shared_store: bool = True  # the roots reach the store's folder: they write the tiles
     gpu: bool = False  # the actors' blocks are sized by device memory, not the CPU cache
+    # FLOP/s of the 0/1 mask products S S^T (gram_terms._RowsSum's counts); None: peak_flops.
+    # A GPU multiplies the masks in bf16 whatever the net's dtype; the CPU's calibration fits
+    # one rate over the kernel's mix.
+    count_flops: float | None = None
 
-    def rate(self, width: float) -> float:
-        """FLOP/s of a kernel whose neuron blocks hold `width` neurons."""
-        return self.peak_flops * width / (width + self.half_width)
+    def rate(self, width: float, counts: bool = False) -> float:
+        """FLOP/s of a kernel whose neuron blocks hold `width` neurons (counts: of its mask
+        products)."""
+        peak = self.count_flops if counts and self.count_flops else self.peak_flops
+        return peak * width / (width + self.half_width)
 
 
 # Calibrated on this 2-core CPU host, one thread per actor, float64 net, on 2026-11-26 at 12:22
@@ -73,17 +79,20 @@ CPU_RATES = Rates(name="cpu", peak_flops=56e9, half_width=82.0, link_bytes_s=5.4
 
 def h100_rates(dtype: str = "float32", link_bytes_s: float = 25e9,
                shared_store: bool = True) -> Rates:
-    """An H100 per actor (datasheet figures, not measured here): 51 TFLOP/s float32 GEMM
-    (IEEE, no TF32: the kernels disable it), 67 TFLOP/s float64 tensor core, 795 TFLOP/s
-    bf16; link: 25-50 GB/s per GPU between nodes. A kernel launch (~10 us) per block; the
+    """An H100 per actor (datasheet figures): 51 TFLOP/s float32 GEMM (IEEE, no TF32: the
+    kernels disable it), 67 TFLOP/s float64 tensor core, 795 TFLOP/s bf16, at which the 0/1
+    masks are multiplied whatever the net's dtype (exact: float32 accumulation); link: 25-50
+    GB/s per GPU between nodes. A kernel launch (~10 us) per block; the
     half-rate width is a guess of where a GEMM's inner dimension stops filling the SMs (its
-    other dimensions are the tile's rows). Roots finish on their GPU; a tile file is written at
-    2 GB/s (a guess of a node's local NVMe, or its share of a shared filesystem)."""
-    peak = {"float32": 51e12, "float64": 67e12, "bf16": 795e12}[dtype]
+    other dimensions are the tile's rows). Roots finish on their GPU; a tile file is staged
+    (encoded, hashed, written) at 1 GB/s by the host's CPU: measured 0.70-0.90 GB/s on an H100
+    host with the hash in series with the write, which now run side by side
+    (docs/gpu/README.md); a shared filesystem slower than that sets its own rate."""
+    peak = {"float32": 51e12, "float64": 67e12}[dtype]
     return Rates(name=f"h100-{dtype}", peak_flops=peak, half_width=512.0,
                  link_bytes_s=link_bytes_s, call_s=1e-3, cores=None, finish_flops=peak,
-                 finish_s=1e-3, store_bytes_s=2e9, commit_s=1e-3, shared_store=shared_store,
-                 gpu=True)
+                 finish_s=1e-3, store_bytes_s=1e9, commit_s=1e-3, shared_store=shared_store,
+                 gpu=True, count_flops=795e12)
 
 
 @dataclass(frozen=True)
@@ -103,8 +112,9 @@ class Prediction:
 @dataclass(frozen=True)
 class TileCosts:
     """What one rows x cols tile costs, independent of the grid: FLOPs every actor repeats,
-    FLOPs per neuron of the last layer, the root's finishing FLOPs, a partial's bytes, the
-    stored tile's bytes."""
+    FLOPs per neuron of the last layer (of which count_flops are 0/1 mask products: a ROWS
+    term's S S^T while the readout is +-1, as at initialisation), the root's finishing FLOPs,
+    a partial's bytes, the stored tile's bytes."""
 
     count: int  # tiles of this shape in the sweep
     rows: int
@@ -112,6 +122,7 @@ class TileCosts:
     diagonal: bool  # a tile of the diagonal: its rows are its columns
     fixed_flops: float
     per_neuron_flops: float
+    count_flops: float
     finish_flops: float
     partial_bytes: float
     tile_bytes: float
@@ -142,11 +153,13 @@ def tile_costs(model: ModelConfig, d: int, n: int, tile: int,
     elem = 4 if (tile_dtype or model.dtype) == "float32" else FLOAT64_BYTES
     net = model.build(d, neurons=(0, 1))  # features and scale only: what a finish reads
     wider = _with_last_width(model, 2 * m).build(d, neurons=(0, 1))
+    masks = sum(g.role is Role.ROWS for g in last_groups(net))
     out = []
     for count, rows, cols, diag in _tile_shapes(n, tile):
         flops_m, flops_2m = net.gram_flops(rows, cols), wider.gram_flops(rows, cols)
         per_neuron = (flops_2m - flops_m) / m
         out.append(TileCosts(count, rows, cols, diag, flops_m - per_neuron * m, per_neuron,
+                             float(2 * rows * cols * masks),
                              _finish_flops(net, rows, cols, flops_m - per_neuron * m),
                              _partial_bytes(net, rows, cols, diag),
                              float(rows * cols * elem)))
@@ -195,7 +208,8 @@ def predict(costs: list[TileCosts], m: int, width: int, rows: int, rates: Rates,
         else:
             inner = min(shard, default_block(_Neurons(shard), c.rows + c.cols))
         seconds = (rates.call_s + c.fixed_flops / rates.peak_flops
-                   + c.per_neuron_flops * shard / rates.rate(inner))
+                   + (c.per_neuron_flops - c.count_flops) * shard / rates.rate(inner)
+                   + c.count_flops * shard / rates.rate(inner, counts=True))
         send = rates.call_s + c.partial_bytes / rates.link_bytes_s
         store = c.tile_bytes / rates.store_bytes_s
         finishing = rates.finish_s + c.finish_flops / rates.finish_flops

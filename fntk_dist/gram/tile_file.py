@@ -5,6 +5,7 @@ beside its target for the store to commit (fntk_dist.gram.tile_store)."""
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -25,14 +26,23 @@ def _write_ipc(block: np.ndarray, sink: pa.NativeFile) -> None:
 
 class _HashingFile:
     """A binary file that hashes what is written through it: pyarrow hands it the tile's body
-    straight from the array, so a tile is hashed and written without a copy in between."""
+    straight from the array, so a tile is hashed and written without a copy in between. One
+    thread hashes, in order, while this one writes (both release the GIL): a tile costs the
+    slower of the two, not their sum (1 GB on an H100's host: sha256 0.92 s, the write
+    0.75-1.03 s)."""
 
     def __init__(self, fh: BinaryIO) -> None:
         self.fh, self.sha, self.closed = fh, hashlib.sha256(), False
+        self._hasher = ThreadPoolExecutor(1, thread_name_prefix="tile-sha256")
 
     def write(self, data: bytes) -> int:
-        self.sha.update(data)
+        self._hasher.submit(self.sha.update, data)  # holds data until it is hashed
         return self.fh.write(data)
+
+    def hexdigest(self) -> str:
+        """The checksum of everything written; waits for the hashing thread."""
+        self._hasher.shutdown(wait=True)
+        return self.sha.hexdigest()
 
     def flush(self) -> None:
         self.fh.flush()
@@ -84,12 +94,15 @@ def stage_tile(target: TileTarget, block: np.ndarray) -> StagedTile | np.ndarray
     try:
         with open(tmp, "wb") as fh:
             hashing = _HashingFile(fh)
-            _write_ipc(block, pa.PythonFile(hashing, mode="w"))
+            try:
+                _write_ipc(block, pa.PythonFile(hashing, mode="w"))
+            finally:
+                sha256 = hashing.hexdigest()
             size = fh.tell()
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return StagedTile(str(tmp), hashing.sha.hexdigest(), size)
+    return StagedTile(str(tmp), sha256, size)
 
 
 def warm_up() -> None:

@@ -20,6 +20,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..runtime import to_host
+
+
+def _move(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """t on device; to the CPU from a GPU through page-locked memory (runtime.to_host)."""
+    return to_host(t) if torch.device(device).type == "cpu" else t.to(device)
+
 
 def _portable(t: torch.Tensor) -> torch.Tensor | np.ndarray:
     """What a term's tensor pickles as: a numpy array for a CPU tensor, else the tensor."""
@@ -57,7 +64,7 @@ class NeuronSum:
         return NeuronSum(self.key, self.total + other.total)
 
     def to(self, device: torch.device | str) -> NeuronSum:
-        return NeuronSum(self.key, self.total.to(device))
+        return NeuronSum(self.key, _move(self.total, device))
 
     def __reduce__(self) -> tuple:
         return _neuron_sum, (self.key, _portable(self.total))
@@ -85,8 +92,8 @@ class RankSum:
         return RankSum(self.key, g1, g1 if sym else self.g2 + other.g2)
 
     def to(self, device: torch.device | str) -> RankSum:
-        g1 = self.g1.to(device)
-        return RankSum(self.key, g1, g1 if self.g2 is self.g1 else self.g2.to(device))
+        g1 = _move(self.g1, device)
+        return RankSum(self.key, g1, g1 if self.g2 is self.g1 else _move(self.g2, device))
 
     def __reduce__(self) -> tuple:
         g2 = None if self.g2 is self.g1 else _portable(self.g2)  # a Gram of X: one sum

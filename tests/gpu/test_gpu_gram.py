@@ -1,6 +1,7 @@
 """The Gram on CUDA against the CPU in float64: Gram, cross-Gram and mat-vec; S S^T from
 bfloat16 masks bit-identical to the float64 product; TF32 kept out of the terms; the inner loop
-free of host synchronisation; blocks sized from device memory. Skipped without CUDA; run them
+free of host synchronisation; blocks sized from device memory; tiles and partials copied to
+the host through page-locked memory. Skipped without CUDA; run them
 with `bash tools/gpu_check.sh`."""
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ import torch
 from conftest import net_grid, requires_cuda
 
 from fntk_dist import TwoLayerNet, empirical_ntk, ntk_matvec
-from fntk_dist.gram.executor import span_partial
+from fntk_dist.gram.executor import finish_span, span_partial
+from fntk_dist.gram.tile_file import TileTarget
 from fntk_dist.models import LayerSpec, build_network
 from fntk_dist.models.blocks import F32_EXACT, MIN_DEVICE_BLOCK, default_block, device_block
 from fntk_dist.ntk.empirical import partial_sums
 from fntk_dist.ntk.gram_terms import unit_readout
+from fntk_dist.runtime import to_host
 
 pytestmark = [pytest.mark.gpu, requires_cuda]
 
@@ -168,3 +171,25 @@ def test_blocks_come_from_free_device_memory():
     net = _net("sketch_in", "gaussian", False, CUDA, m=1 << 16)
     # Far fewer, larger blocks than the CPU's cache-sized ones at a Gram tile's size.
     assert default_block(net, 8192, CUDA) > 4 * default_block(net, 8192)
+
+
+def test_partials_and_tiles_reach_the_host_through_page_locked_memory():
+    """runtime.to_host: a CUDA tensor comes back equal, on the CPU, page-locked (so the copy
+    runs at the link's speed); a CPU tensor is returned as it is. A partial moved to the CPU
+    (to travel between shards) and a finished tile (finish_span) take that path."""
+    t = torch.randn(300, 200, device=CUDA, dtype=F64)
+    host = to_host(t)
+    assert host.device.type == "cpu" and host.is_pinned() and torch.equal(host, t.cpu())
+    cpu = torch.ones(3)
+    assert to_host(cpu) is cpu
+    net = _net("lowrank", None, True, CUDA)
+    x = _points(64, 32).to(CUDA)
+    part = span_partial(net, x, ((0, 64), (0, 64)), 256, cpu=False)
+    moved = part.cpu()
+    for a, b in zip(moved.terms, part.terms):
+        for s, t in zip(a.tensors(), b.tensors()):
+            assert s.is_pinned() and torch.equal(s, t.cpu())
+    target = TileTarget(None, (64, 64), "float64")
+    tile = finish_span(net, x, part, ((0, 64), (0, 64)), target)
+    torch.testing.assert_close(torch.from_numpy(tile), empirical_ntk(net, x).cpu(), rtol=1e-12,
+                               atol=0)

@@ -1,6 +1,7 @@
 """What of the GPU path runs on a CPU: the overlap's dtype dispatch and the exact bfloat16
 product's signature, the TF32 guard, block sizes, the sync-free partial sums, the GPU
-benchmark's code path at toy sizes and tools/gpu_check.sh without CUDA."""
+benchmark's and the tile profile's code paths at toy sizes and tools/gpu_check.sh without
+CUDA."""
 
 from __future__ import annotations
 
@@ -96,7 +97,7 @@ def test_bench_gpu_runs_its_code_path_on_the_cpu(tmp_path):
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     report = json.loads((out / "report.json").read_text())
-    assert set(report["peak"]) == {"float32", "bf16"} and report["sizes"] == "small"
+    assert set(report["peak"]) == {"float32", "float64", "bf16"} and report["sizes"] == "small"
     assert all(v["tflops"] > 0 for v in report["peak"].values())
     assert {(g["mode"], g["dtype"]) for g in report["gram"]} == {
         (mode, dt) for mode in ("sketch_in", "dense") for dt in ("float32", "float64")}
@@ -106,12 +107,31 @@ def test_bench_gpu_runs_its_code_path_on_the_cpu(tmp_path):
     assert [s["bf16_autocast"] for s in report["step"]] == [True, False]
     assert report["step"][1]["tflops"] > 0
     assert report["tests"] == {"rc": 0, "summary": "4 passed in 1.00s"}
+    # The scaling section: real one-device jobs (1 and 10 tiles) against the model's CPU rates.
+    assert [(s["n"], s["tiles"], s["dtype"]) for s in report["scaling"]] == [
+        (256, 1, "float32"), (512, 10, "float32"), (256, 1, "float64")]
+    for s in report["scaling"]:
+        assert 0 < s["compute_s"] and 0 < s["median_s"] and s["store_bytes_s"] > 0
+        assert s["stated_rates"] == "cpu"
+        for p in (s["predicted_stated"], s["predicted_measured"]):
+            assert 0 < p["compute_s"] < p["s"]  # writing the tile files costs something
     text = (out / "report.md").read_text()
     assert text.startswith("# GPU check: CPU") and "| dense n=256 m=2048 d=64 | float64 |" in text
+    assert "| sketch_in n=512 tile=128 m=2048 d=64 k=16 | float32 | 10 |" in text
     # --render remakes the Markdown from the JSON alone (how docs/gpu is regenerated).
     again = subprocess.run([*cmd[:2], "--render", str(out / "report.json")], capture_output=True,
                            text=True, timeout=120, cwd=ROOT)
     assert again.returncode == 0 and again.stdout == text, again.stderr
+
+
+def test_the_tile_profile_runs_its_code_path_on_the_cpu():
+    done = subprocess.run([sys.executable, str(ROOT / "tools" / "profile_tile_host.py"),
+                           "--device", "cpu"], capture_output=True, text=True, timeout=300,
+                          cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 11 and lines[-1].startswith("finish_span without a file")
+    assert all(float(line.split()[-3]) >= 0 for line in lines)
 
 
 @pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="a machine with nvidia-smi")

@@ -3,6 +3,7 @@ the append-only manifest journal."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tempfile
 from pathlib import Path
@@ -294,6 +295,20 @@ def test_a_staged_tile_is_committed_whole_and_reads_back(tmp_path):
     reopened = new(store.path, dtype="float32")
     assert reopened.missing() == [t for t in reopened.all_tiles() if t != (1, 3)]
     assert reopened.work() == (1, 0.5, 7)
+
+
+def test_a_staged_tiles_checksum_is_its_files_hashed_beside_the_write(tmp_path):
+    """The checksum is taken on another thread while the file is written, in pieces (schema,
+    body, footer): it must be the file's own sha256 for a tile of many megabytes and for one
+    of a single entry."""
+    for n, tile in ((1200, 1200), (1, 1)):
+        store = TileStore.create_or_open(tmp_path / f"g{n}", config_hash="c" * 48, n=n,
+                                         tile=tile)
+        block = np.random.default_rng(n).standard_normal((n, n))
+        staged = stage_tile(store.target(0, 0), block)
+        data = Path(staged.tmp).read_bytes()
+        assert staged.sha256 == hashlib.sha256(data).hexdigest()
+        assert staged.bytes == len(data) > block.nbytes
 
 
 def test_staging_checks_and_what_a_commit_refuses(tmp_path):

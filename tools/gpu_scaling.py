@@ -1,0 +1,162 @@
+"""The scaling model against one device (tools/bench_gpu.py's "scaling" section): the tile
+phase of a one-device `fntk gram` job, timed, against grid_plan's prediction for one actor.
+
+A job on one device is the local executor (gram.device cuda, no Ray): each tile's partial and
+finish on the device, its file staged (Arrow IPC, hashed) and committed by fntk_dist.gram.tiles
+.write_tiles, as `fntk gram` runs it; the spectrum after the tiles is not timed (it runs on the
+host's CPU and is not part of the grid model). Two predictions per job:
+
+- stated: the rates `fntk gram --plan` uses (h100_rates on CUDA: datasheet peaks, a guessed
+  2 GB/s tile-file rate; CPU_RATES on a CPU);
+- measured: the same with this run's GEMM peaks (the net's dtype; bf16 for the 0/1 mask
+  products on CUDA) and the bytes/s of staging one of the job's tiles measured here.
+
+Each row also times the tiles' compute alone (partial, finish, copy to the host, no file) so
+that the job's seconds split into compute and storing.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from fntk_dist.config import RunConfig
+from fntk_dist.gram.executor import LocalExecutor, span_tile, store_spans
+from fntk_dist.gram.grid_plan import CPU_RATES, Rates, h100_rates, predict, tile_costs
+from fntk_dist.gram.tile_file import stage_tile
+from fntk_dist.gram.tile_store import TileStore
+from fntk_dist.gram.tiles import write_tiles
+from fntk_dist.track import make_tracker
+
+# (n, tile, dtype) of the jobs: one tile of the Gram benchmark's size, the same net over ten
+# smaller tiles (per-tile costs), and the float64 net's tile.
+JOBS = {"target": [(16384, 16384, "float32"), (32768, 8192, "float32"),
+                   (16384, 16384, "float64")],
+        "small": [(256, 256, "float32"), (512, 128, "float32"), (256, 256, "float64")]}
+
+
+def _config(size: dict, n: int, tile: int, dtype: str, device: torch.device) -> RunConfig:
+    return RunConfig.model_validate({
+        "model": {"mode": "sketch_in", "m": size["m"], "k": size["k"], "sketch": "gaussian",
+                  "dtype": dtype},
+        "data": {"source": "sphere", "n": n, "d": size["d"]},
+        "gram": {"tile": tile, "device": device.type, "certify": False},
+        "tracking": {"wandb": False}})
+
+
+def _store(folder: Path, n: int, tile: int, dtype: str) -> TileStore:
+    return TileStore.create_or_open(folder, config_hash="bench_gpu", n=n, tile=tile, dtype=dtype)
+
+
+def _timed(fn: Callable[[], object], repeats: int,
+           fresh: Callable[[], None] = lambda: None) -> dict:
+    """Median, min and max seconds of `repeats` calls after a warm-up call; fresh() before
+    each call, untimed (it clears what the previous call wrote). fn returns once its results
+    are on the host, so no device synchronisation is needed."""
+    times = []
+    for _ in range(repeats + 1):
+        fresh()
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    times = times[1:]
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times)}
+
+
+def store_rate(tile: int, dtype: str, repeats: int) -> float:
+    """Bytes/s of staging a tile x tile tile file (encode, hash, write), as a root does
+    (the cost does not depend on the values)."""
+    block = np.full((tile, tile), 0.5, dtype=dtype)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = _store(Path(tmp), tile, tile, dtype)
+        t = _timed(lambda: stage_tile(store.target(0, 0), block), repeats,
+                   store.remove_temporaries)
+    return block.nbytes / t["median_s"]
+
+
+def _predicted(cfg: RunConfig, n: int, tile: int, rates: Rates) -> dict:
+    """The model's seconds for one actor: all, and without writing the tile files."""
+    costs = tile_costs(cfg.model, cfg.data.d, n, tile)
+    total = predict(costs, cfg.model.m, 1, 1, rates).total_s
+    compute = predict(costs, cfg.model.m, 1, 1, replace(rates, store_bytes_s=math.inf)).total_s
+    return {"s": total, "compute_s": compute}
+
+
+def _job_times(cfg: RunConfig, x: torch.Tensor, device: torch.device, repeats: int
+               ) -> tuple[dict, dict, int]:
+    """(the tile phase's seconds, the tiles' compute alone, tiles) of cfg's job on device."""
+    n, tile, dtype = cfg.data.n, cfg.gram.tile, cfg.model.dtype
+    executor = LocalExecutor(cfg, x, device)
+    with tempfile.TemporaryDirectory() as tmp:
+        layout = _store(Path(tmp) / "layout", n, tile, dtype)
+        todo = layout.all_tiles()
+        spans = store_spans(layout, todo)
+        away = [layout.target(i, j, reachable=False) for i, j in todo]
+        folder = Path(tmp) / "run"
+
+        def job() -> None:
+            store = _store(folder / "store", n, tile, dtype)
+            with tqdm(disable=True) as bar:
+                write_tiles(store, executor, executor.net, todo,
+                            make_tracker(cfg.tracking, folder, "bench_gpu", {}), bar)
+            store.compact()
+
+        def compute() -> None:
+            for span, target in zip(spans, away):
+                span_tile(executor.net, executor.x, span, executor.block, target)
+
+        measured = _timed(job, repeats, lambda: shutil.rmtree(folder, ignore_errors=True))
+        alone = _timed(compute, repeats)
+    executor.close()
+    return measured, alone, len(todo)
+
+
+def scaling_runs(size: dict, small: bool, device: torch.device, peak: dict, repeats: int,
+                 points: Callable[[int, int, torch.dtype], torch.Tensor]) -> list:
+    """One row per job of JOBS: measured (median of the timed calls) against predicted.
+    peak: bench_gpu's GEMM peaks (TFLOP/s by dtype); points(n, d, dtype): its inputs (CPU)."""
+    out = []
+    for n, tile, dtype in JOBS["small" if small else "target"]:
+        cfg = _config(size, n, tile, dtype, device)
+        measured, alone, tiles = _job_times(cfg, points(n, size["d"], getattr(torch, dtype)),
+                                            device, repeats)
+        stated = h100_rates(dtype) if device.type == "cuda" else CPU_RATES
+        flops = peak[dtype]["tflops"] * 1e12
+        here = replace(stated, peak_flops=flops, finish_flops=flops,
+                       count_flops=peak["bf16"]["tflops"] * 1e12 if stated.count_flops else None,
+                       store_bytes_s=store_rate(tile, dtype, repeats))
+        out.append({"mode": "sketch_in", "n": n, "tile": tile, "tiles": tiles, "dtype": dtype,
+                    "m": size["m"], "d": size["d"], "k": size["k"], **measured,
+                    "compute_s": alone["median_s"], "store_bytes_s": here.store_bytes_s,
+                    "stated_rates": stated.name,
+                    "predicted_stated": _predicted(cfg, n, tile, stated),
+                    "predicted_measured": _predicted(cfg, n, tile, here)})
+    return out
+
+
+def markdown(rows: list) -> list[str]:
+    """The section's lines: measured against both predictions, all and compute alone."""
+    lines = ["", "| one-device `fntk gram` tiles | dtype | tiles | seconds | of which compute "
+             "| predicted, stated rates (compute) | error | predicted, measured rates (compute) "
+             "| error | tile file GB/s |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        cells = []
+        for key in ("predicted_stated", "predicted_measured"):
+            p = r[key]
+            cells += [f"{p['s']:.4g} ({p['compute_s']:.4g})",
+                      f"{100 * (p['s'] - r['median_s']) / r['median_s']:+.0f}%"]
+        lines.append(f"| {r['mode']} n={r['n']} tile={r['tile']} m={r['m']} d={r['d']} "
+                     f"k={r['k']} | {r['dtype']} | {r['tiles']} | {r['median_s']:.4g} "
+                     f"[{r['min_s']:.4g}, {r['max_s']:.4g}] | {r['compute_s']:.4g} | "
+                     f"{' | '.join(cells)} | {r['store_bytes_s'] / 1e9:.3g} |")
+    return lines
