@@ -27,9 +27,11 @@ samples/s, from its mean step).
 
 The same three layouts then run the same loop, engine and mesh (train_loop, DeepSpeedEngine,
 Mesh on gloo over loopback) in processes started by torch.multiprocessing instead of Ray Train
-(--no-bare skips them): on a 2-core host two lockstep workers have no core to spare for Ray's
-own processes (raylet, GCS, agents, Ray Train's controller and helper actors), so the two
-figures side by side tell the framework's scaling from the share of the host Ray takes.
+(--no-bare skips them), with the Ray cluster shut down meanwhile (Ray Train's runs start it
+again): on a 2-core host two lockstep workers have no core to spare for Ray's own processes
+(raylet, GCS, agents and idle workers, which poll even when no job runs; Ray Train's controller
+and helper actors), so the two figures side by side tell the framework's scaling from the
+share of the host Ray takes.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ import torch
 import torch.multiprocessing as mp
 
 from fntk_dist.config import RunConfig, build_config
-from fntk_dist.distributed.cluster import connect
+from fntk_dist.distributed.cluster import connect, shutdown
 from fntk_dist.train.job import run_train_job
 
 RUNS = {  # (dist, deepspeed) settings
@@ -171,7 +173,8 @@ def deep(args: argparse.Namespace) -> None:
                     if how == "Ray Train":
                         s = run_train_job(cfg, out, progress=False)
                         steps = _step_seconds(out)
-                    else:
+                    else:  # no Ray cluster on the host: the next Ray run starts one again
+                        shutdown()
                         steps, s = _bare_run(cfg, width, data, out), {}
                 if len(steps) < 2:
                     raise SystemExit("--deep-steps: at least 2 steps are needed")

@@ -231,6 +231,19 @@ class Layer(nn.Module):
         """The pre-activations of all local neurons from the input take_input gives."""
         return self.preact(self.features(x), 0, self.m_local)
 
+    def scaled_relu(self, x: torch.Tensor, c: float) -> torch.Tensor:
+        """c relu(self(x)) = relu(c self(x)) for c > 0: the layer's activations scaled as the
+        layer above takes them. The scale rides in the GEMM (addmm's alpha, free) and the relu
+        runs in place on the GEMM's fresh output, which its backward does not keep: two fewer
+        passes over the n x m activations and no n x m temporary, each way. A deep step's
+        lower layers are bound by those passes (on the 2-core VM a pass over a 256 x 4096
+        float64 block took 3 ms in the step, against 0.35 ms alone in cache)."""
+        if self.mode == "sketch_out":  # a fast sketch: its output may be kept by its backward
+            return torch.relu(self(x)) * c
+        rows = self.W if self.mode == "dense" else self.U
+        feats = self.features(x)
+        return torch.addmm(feats.new_zeros(()), feats, rows.T, beta=0, alpha=c).relu_()
+
 
 def _check_range(name: str, rng: tuple[int, int] | None, size: int) -> tuple[int, int]:
     """rng, or (0, size) when None; ValueError('<name>: ...') unless 0 <= lo < hi <= size."""

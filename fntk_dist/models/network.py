@@ -165,7 +165,7 @@ class Network(nn.Module):
         s = x
         yield s
         for c, layer, above in zip(self.scales[1:], self.layers[:-1], self.layers[1:]):
-            s = above.take_input(torch.relu(layer(s)) * c)  # a width shard's dense layer gathers
+            s = above.take_input(layer.scaled_relu(s, c))  # a width shard's dense layer gathers
             yield s
 
     def layer_inputs(self, x: torch.Tensor) -> list[torch.Tensor]:

@@ -52,6 +52,32 @@ def test_depth_one_is_the_two_layer_net_bit_for_bit():
         assert type(other) is TwoLayerNet and torch.equal(other(x), flat(x))
 
 
+@pytest.mark.parametrize("lower", [LayerSpec(24, "dense"), LayerSpec(24, "sketch_in", 4, "srht"),
+                                   LayerSpec(24, "sketch_out", 6, "countsketch"),
+                                   LayerSpec(24, "lowrank", 5)])
+def test_the_stack_is_the_written_recursion_each_way(lower):
+    """f = a . relu(g^L) / sqrt(m_L), g^l = c_l W^l relu(g^{l-1}), c_l = sqrt(2 / m_{l-1}), from
+    each layer's effective rows: the forward and every trained tensor's gradient (the lower
+    layers scale and relu in place inside their GEMM, Layer.scaled_relu)."""
+    net = build_network(7, [lower, LayerSpec(20, "lowrank", 4), LayerSpec(16, "dense")],
+                        train_output=True, seed=5, dtype=torch.float64)
+    x = torch.randn(6, 7, dtype=torch.float64)
+    params = [p for p in net.parameters() if p.requires_grad]
+
+    def written() -> torch.Tensor:
+        h, c = x, 1.0
+        for layer in net.layers:
+            h = torch.relu(c * h @ layer.neuron_weights(0, layer.m).T)
+            c = (2 / layer.m) ** 0.5
+        return h @ net.a / net.m ** 0.5
+
+    y = torch.randn(6, dtype=torch.float64)
+    got, want = net(x), written()
+    assert torch.allclose(got, want, rtol=1e-12, atol=1e-14)
+    for g, w in zip(torch.autograd.grad(got @ y, params), torch.autograd.grad(want @ y, params)):
+        assert torch.allclose(g, w, rtol=1e-11, atol=1e-13)
+
+
 def test_configs_round_trip_and_depth_one_dumps_as_before():
     for section in ({"layers": LAYERS}, {"mode": "dense", "m": 30, "depth": 2},
                     {"layers": LAYERS, "depth": 3}):
