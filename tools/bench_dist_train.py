@@ -27,11 +27,11 @@ samples/s, from its mean step).
 
 The same three layouts then run the same loop, engine and mesh (train_loop, DeepSpeedEngine,
 Mesh on gloo over loopback) in processes started by torch.multiprocessing instead of Ray Train
-(--no-bare skips them), with the Ray cluster shut down meanwhile (Ray Train's runs start it
-again): on a 2-core host two lockstep workers have no core to spare for Ray's own processes
-(raylet, GCS, agents and idle workers, which poll even when no job runs; Ray Train's controller
-and helper actors), so the two figures side by side tell the framework's scaling from the
-share of the host Ray takes.
+(--no-bare skips them), with the Ray cluster shut down meanwhile (started again, and left
+SETTLE_S seconds, before the next round's Ray Train runs): on a 2-core host two lockstep
+workers have no core to spare for Ray's own processes (raylet, GCS, agents and idle workers,
+which poll even when no job runs; Ray Train's controller and helper actors), so the two
+figures side by side tell the framework's scaling from the share of the host Ray takes.
 """
 
 from __future__ import annotations
@@ -41,10 +41,12 @@ import os
 import socket
 import statistics
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+import ray
 import torch
 import torch.multiprocessing as mp
 
@@ -59,6 +61,10 @@ RUNS = {  # (dist, deepspeed) settings
                                     {"zero_stage": 3, "offload": True}),
 }
 
+
+# Seconds a freshly started cluster is left before Ray Train's runs: its agents and API server
+# go on starting up after ray.init returns, on the cores the two workers need.
+SETTLE_S = 10.0
 
 DEEP_RUNS = {  # name: (width, data)
     "1 worker": (1, 1),
@@ -166,6 +172,9 @@ def deep(args: argparse.Namespace) -> None:
     runs = {(how, name): [] for how in launches for name in DEEP_RUNS}
     for _ in range(args.repeats):  # the layouts alternate, so drifts of the machine spread
         for how in launches:
+            if how == "Ray Train" and not ray.is_initialized():  # stopped for the bare runs
+                connect(None, min_cpus=2)
+                time.sleep(SETTLE_S)
             for name, (width, data) in DEEP_RUNS.items():
                 cfg = _deep_config(args, width, data)
                 with tempfile.TemporaryDirectory() as tmp:
