@@ -172,7 +172,9 @@ def deep(args: argparse.Namespace) -> None:
     runs = {(how, name): [] for how in launches for name in DEEP_RUNS}
     for _ in range(args.repeats):  # the layouts alternate, so drifts of the machine spread
         for how in launches:
-            if how == "Ray Train" and not ray.is_initialized():  # stopped for the bare runs
+            if how != "Ray Train":  # no Ray cluster on the host while the bare runs run
+                shutdown()
+            elif not ray.is_initialized():  # stopped for the last round's bare runs
                 connect(None, min_cpus=2)
                 time.sleep(SETTLE_S)
             for name, (width, data) in DEEP_RUNS.items():
@@ -182,8 +184,7 @@ def deep(args: argparse.Namespace) -> None:
                     if how == "Ray Train":
                         s = run_train_job(cfg, out, progress=False)
                         steps = _step_seconds(out)
-                    else:  # no Ray cluster on the host: the next Ray run starts one again
-                        shutdown()
+                    else:
                         steps, s = _bare_run(cfg, width, data, out), {}
                 if len(steps) < 2:
                     raise SystemExit("--deep-steps: at least 2 steps are needed")
