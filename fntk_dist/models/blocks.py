@@ -27,6 +27,12 @@ F32_EXACT = 1 << 24
 # for X1 and X2, their masks or ReLUs, a sketch's scratch), and the smallest block (a multiple
 # of 256 keeps tensor-core tiles full).
 DEVICE_SHARE = 4
+# default_block on the CPU: activations of one block over all its rows. 4M keeps each n x block
+# float64 temporary at 16 MB at most, below glibc's largest mmap threshold (32 MiB,
+# fntk_dist.memory), so freed blocks are reused instead of mapped and faulted in afresh: twice
+# that (the old default) made every tile 10-40% slower on a 2-core host (n = 1024 and 512,
+# m = 16384, every mode); half of it gains nothing more.
+CPU_BLOCK_ACTIVATIONS = 1 << 22
 BYTES_PER_ACTIVATION = 32
 MIN_DEVICE_BLOCK = 256
 
@@ -57,12 +63,12 @@ def device_block(n_rows: int, device: torch.device | str) -> int | None:
 
 
 def default_block(net: HasNeurons, n_rows: int, device: torch.device | str | None = None) -> int:
-    """Neurons per block, at most the width: device_block on a CUDA device; elsewhere about 8M
-    activations in flight, at least 64."""
+    """Neurons per block, at most the width: device_block on a CUDA device; elsewhere
+    CPU_BLOCK_ACTIVATIONS over the rows, at least 64."""
     fit = None if device is None else device_block(n_rows, device)
     if fit is not None:
         return min(net.m_local, fit)
-    return max(64, min(net.m_local, (1 << 23) // max(1, n_rows)))
+    return max(64, min(net.m_local, CPU_BLOCK_ACTIVATIONS // max(1, n_rows)))
 
 
 def neuron_blocks(net: HasNeurons, block: int | None, n_rows: int,

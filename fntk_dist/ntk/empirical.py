@@ -163,9 +163,10 @@ def empirical_ntk(
 ) -> torch.Tensor:
     """The exact empirical NTK H(X1, X2) over the net's trained parameters: (n1, n2).
 
-    Summed over the last layer's neurons in blocks of `block` (default: about 8M activations
-    at a time); on_block(done, total) is called after each block. A deep net walks its points
-    in tiles of `tile` (default point_tile(net)); depth 1 holds no activations and needs none.
+    Summed over the last layer's neurons in blocks of `block` (default: default_block's, 4M
+    activations at a time on the CPU); on_block(done, total) is called after each block. A
+    deep net walks its points in tiles of `tile` (default point_tile(net)); depth 1 holds no
+    activations and needs none.
     """
     if (net.lo, net.hi) != (0, net.m):
         raise ValueError(

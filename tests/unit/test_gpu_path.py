@@ -16,7 +16,12 @@ import torch
 
 from fntk_dist import TwoLayerNet
 from fntk_dist.gram.executor import span_partial
-from fntk_dist.models.blocks import default_block, device_block, neuron_blocks
+from fntk_dist.models.blocks import (
+    CPU_BLOCK_ACTIVATIONS,
+    default_block,
+    device_block,
+    neuron_blocks,
+)
 from fntk_dist.ntk import gram_partial
 from fntk_dist.ntk.empirical import partial_sums
 from fntk_dist.ntk.gram_terms import overlap_dtype, unit_readout
@@ -62,7 +67,7 @@ def test_cpu_blocks_keep_the_cache_heuristic():
     net = TwoLayerNet(16, 1 << 16, "sketch_in", 8)
     assert device_block(4096, "cpu") is None and device_block(4096, torch.device("cpu")) is None
     for rows in (1, 100, 4096, 1 << 20):
-        want = max(64, min(net.m_local, (1 << 23) // rows))
+        want = max(64, min(net.m_local, CPU_BLOCK_ACTIVATIONS // rows))
         assert default_block(net, rows) == default_block(net, rows, "cpu") == want
         assert neuron_blocks(net, None, rows, "cpu") == neuron_blocks(net, None, rows)
 
