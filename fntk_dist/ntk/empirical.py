@@ -113,15 +113,29 @@ def _finish(net: Network, part: GramPartial, x1: torch.Tensor,
         else:
             ins1 = net.layer_inputs(x1)
             ins2 = ins1 if sym else net.layer_inputs(x2)
-        h = torch.zeros(x1.shape[0], x2.shape[0], dtype=net.dtype, device=net.device)
+        # The terms add into the first one that is a fresh tensor (not the partial's own sum),
+        # and 1/m is applied in place: each n1 x n2 pass and temporary saved is a tile's worth
+        # of memory traffic (a zeroed accumulator and h / m cost two more).
+        h: torch.Tensor | None = None
         for term in part.terms:
-            h += finish_term(term, groups[term.key].role, layer, ins1[-1], ins2[-1])
+            t = finish_term(term, groups[term.key].role, layer, ins1[-1], ins2[-1])
+            h = _accumulate(h, t, term.tensors())
         if part.back is not None:
             dt = net.dtype
             y1 = layer.features_adjoint(part.back.g1.to(dt))
             y2 = y1 if sym else layer.features_adjoint(part.back.g2.to(dt))
-            h += lower_gram(net, ins1, ins2, y1, y2)
-        return h / net.m
+            h = _accumulate(h, lower_gram(net, ins1, ins2, y1, y2), ())
+        return h.div_(net.m)
+
+
+def _accumulate(h: torch.Tensor | None, t: torch.Tensor,
+                held: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """h + t, into h; the first t becomes h, copied when it is one of the partial's tensors
+    (`held`), which the caller still owns."""
+    if h is not None:
+        return h.add_(t)
+    ptr = t.untyped_storage().data_ptr()
+    return t.clone() if any(ptr == u.untyped_storage().data_ptr() for u in held) else t
 
 
 def _spans(n: int, tile: int) -> list[tuple[int, int]]:

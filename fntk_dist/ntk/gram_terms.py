@@ -190,7 +190,7 @@ def finish_term(term: Term, role: Role, layer: Layer, x1: torch.Tensor,
     if role is Role.ROWS:
         f1 = layer.features(x1)
         f2 = f1 if x2 is x1 else layer.features(x2)
-        return (f1 @ f2.T) * term.total.to(dt)
+        return torch.mm(f1, f2.T).mul_(term.total.to(dt))
     if role is Role.RANK:
-        return (x1 @ x2.T) * (term.g1 @ term.g2.T).to(dt)
+        return torch.mm(x1, x2.T).mul_((term.g1 @ term.g2.T).to(dt))
     return term.total.to(dt)

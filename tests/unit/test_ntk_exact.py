@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from torch.func import functional_call, jacrev, vmap
 
 from fntk_dist import TwoLayerNet, autograd_ntk, empirical_ntk, ntk_matvec
-from fntk_dist.ntk import RankSum, finish_gram, gram_partial
+from fntk_dist.ntk import GramPartial, RankSum, finish_gram, gram_partial
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor, scale: float = 0.0) -> float:
@@ -152,7 +152,14 @@ def test_gram_partials_add_reduce_move_and_pickle(mode, sketch):
         total = sum(parts)
         assert total.keys == tuple(g.key for g in whole.groups)
         ref = empirical_ntk(whole, x, other)
+        before = [t.clone() for term in total.terms for t in term.tensors()]
         assert _rel(finish_gram(whole, total, x, other), ref) < 1e-13
+        # The finish adds its terms into the first fresh one, in place: the readout's term is
+        # the partial's own sum, which must come out unchanged, whichever term comes first.
+        readout_first = GramPartial(tuple(reversed(total.terms)), total.back)
+        assert _rel(finish_gram(whole, readout_first, x, other), ref) < 1e-13
+        after = [t for term in total.terms for t in term.tensors()]
+        assert all(torch.equal(a, b) for a, b in zip(after, before, strict=True))
         again = pickle.loads(pickle.dumps(total.cpu()))
         assert torch.equal(finish_gram(whole, again, x, other), finish_gram(whole, total, x, other))
         # As Ray ships it: every sum an out-of-band buffer (no byte-string copy), received
