@@ -66,15 +66,15 @@ class Rates:
         return peak * width / (width + self.half_width)
 
 
-# Calibrated on this 2-core CPU host, one thread per actor, float64 net, on 2026-11-26 at 12:22
-# with the host otherwise idle (load average 0.00 before):
+# Calibrated on this project's 2-core CPU VM (AVX-512), one thread per actor, float64 net, on
+# 2026-11-27 at 07:59 (load average 0.62 before):
 #   .venv/bin/python tools/scaling_model.py --calibrate
 # (kernel rate vs neurons per block: span_partial on a 512 x 512 tile; call and link: Ray
 # calls returning nothing and a 2 MB GramPartial sum; finish and store: finish_span of 256 and
 # 512 row tiles, stage_tile of the 512 one; commit: TileStore.commit of a staged tile).
-CPU_RATES = Rates(name="cpu", peak_flops=56e9, half_width=82.0, link_bytes_s=5.4e8,
-                  call_s=0.69e-3, cores=os.cpu_count() or 1, finish_flops=32e9, finish_s=2.2e-4,
-                  store_bytes_s=7.0e8, commit_s=1.26e-3)
+CPU_RATES = Rates(name="cpu", peak_flops=88e9, half_width=183.0, link_bytes_s=7.5e8,
+                  call_s=0.87e-3, cores=os.cpu_count() or 1, finish_flops=30e9, finish_s=4.8e-4,
+                  store_bytes_s=5.2e8, commit_s=2.06e-3)
 
 
 def h100_rates(dtype: str = "float32", link_bytes_s: float = 25e9,

@@ -178,9 +178,10 @@ class Layer(nn.Module):
         out: an optional contiguous (n, i1 - i0) buffer to write into (reused across blocks,
         it spares an allocation per block); fast sketches ignore it.
         """
-        if self.mode == "sketch_out":
+        stored = self.stored_rows
+        if stored is None:
             return self.out_sketch(feats, i0, i1)
-        rows = self.W[i0:i1] if self.mode == "dense" else self.U[i0:i1]
+        rows = stored[i0:i1]
         return torch.mm(feats, rows.T, out=out) if out is not None else feats @ rows.T
 
     def to_rank(self, y: torch.Tensor, i0: int, i1: int) -> torch.Tensor:
@@ -188,6 +189,14 @@ class Layer(nn.Module):
         if self.mode == "sketch_out":
             return self.out_sketch.transpose(y, i0, i1)
         return y @ self.U[i0:i1]
+
+    @property
+    def stored_rows(self) -> torch.Tensor | None:
+        """The rows the layer multiplies its features by: W (dense) or U (factorized); None
+        for sketch_out, whose fast sketches form its pre-activations."""
+        if self.mode == "sketch_out":
+            return None
+        return self.W if self.mode == "dense" else self.U
 
     @property
     def feature_dim(self) -> int:
@@ -237,9 +246,9 @@ class Layer(nn.Module):
         runs in place on the GEMM's fresh output, which its backward does not keep: two fewer
         passes over the n x m activations and no n x m temporary, each way (a deep step on
         the CPU went from 76 to 58 ms, README "Deep nets on the mesh")."""
-        if self.mode == "sketch_out":  # a fast sketch: its output may be kept by its backward
+        rows = self.stored_rows
+        if rows is None:  # a fast sketch: its output may be kept by its backward
             return torch.relu(self(x)) * c
-        rows = self.W if self.mode == "dense" else self.U
         feats = self.features(x)
         return torch.addmm(feats.new_zeros(()), feats, rows.T, beta=0, alpha=c).relu_()
 

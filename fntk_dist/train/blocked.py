@@ -142,12 +142,6 @@ def block_dtype(net: Network, x: torch.Tensor) -> torch.dtype | None:
     return torch.get_autocast_dtype(kind)
 
 
-def _stored_rows(layer) -> torch.Tensor | None:
-    """The rows the last layer multiplies its features by (W, or U of a factorized layer);
-    None for sketch_out, whose fast sketches form its pre-activations. Read once a walk."""
-    return None if layer.mode == "sketch_out" else layer.W if layer.mode == "dense" else layer.U
-
-
 def _relu_block(layer, stored: torch.Tensor | None, feats: torch.Tensor, i0: int, i1: int,
                 lowp: torch.dtype | None,
                 relu: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -186,7 +180,7 @@ def _into(dest: torch.Tensor, op, *args: torch.Tensor) -> None:
 def _fused_rows(layer, feats: torch.Tensor, lowp: torch.dtype | None) -> torch.Tensor | None:
     """The last layer's rows in lowp when train.fused's kernels take this step (CUDA, a
     low-precision walk, rows stored, few enough features), else None."""
-    stored = _stored_rows(layer)
+    stored = layer.stored_rows
     if lowp is None or stored is None or not fused_kernels.available(feats):
         return None
     return stored.detach().to(lowp).contiguous()
@@ -220,7 +214,7 @@ class _BlockedOutput(torch.autograd.Function):
             return fused_kernels.forward(fc, rows, a.detach().float().contiguous()) \
                 / math.sqrt(net.m)
         out = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-        stored = _stored_rows(layer)
+        stored = layer.stored_rows
 
         def compute(i0, i1):
             p = _relu_block(layer, stored, fc, i0, i1, lowp)[0]
@@ -257,7 +251,7 @@ class _BlockedOutput(torch.autograd.Function):
         lowp = ctx.lowp
         fc, ac, ec = ((feats, a, e) if lowp is None
                       else (feats.to(lowp), a.to(lowp), e.to(lowp)))
-        stored, a_col = _stored_rows(layer), a[:, None]
+        stored, a_col = layer.stored_rows, a[:, None]
 
         def compute(i0, i1):
             # The block, relu(P), is turned in place into the masked residual S o e in one pass
