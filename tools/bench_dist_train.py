@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import os
 import socket
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -49,6 +48,7 @@ import pyarrow.parquet as pq
 import ray
 import torch
 import torch.multiprocessing as mp
+from timing import spread
 
 from fntk_dist.config import RunConfig, build_config
 from fntk_dist.distributed.cluster import connect, shutdown
@@ -102,12 +102,6 @@ def dense(args: argparse.Namespace) -> None:
           f"{z3['seconds_per_step'] / two['seconds_per_step']:.2f}x time per step, "
           f"{z3['worker_peak_rss_mb'] / two['worker_peak_rss_mb']:.2f}x peak and "
           f"{z3['worker_end_rss_mb'] / two['worker_end_rss_mb']:.2f}x end memory per worker")
-
-
-def _spread(values: list[float], fmt: str) -> str:
-    """median [min, max]"""
-    return (f"{statistics.median(values):{fmt}} [{min(values):{fmt}}, "
-            f"{max(values):{fmt}}]")
 
 
 def _deep_config(args: argparse.Namespace, width: int, data: int) -> RunConfig:
@@ -164,7 +158,7 @@ def _bare_run(cfg: RunConfig, width: int, data: int, out: Path) -> np.ndarray:
 
 
 def _ratios(got: list[dict], one: list[dict], key: str) -> str:
-    return _spread([g[key] / o[key] for g, o in zip(got, one)], ".2f")
+    return spread([g[key] / o[key] for g, o in zip(got, one)], "{:.2f}")
 
 
 def deep(args: argparse.Namespace) -> None:
@@ -195,19 +189,19 @@ def deep(args: argparse.Namespace) -> None:
     print(f"deep: sketch_in(srht) -> lowrank -> lowrank, m={args.deep_m} k={args.deep_k} "
           f"(m/k={args.deep_m // args.deep_k}) d={args.d} n={args.deep_n}, float64 GD, ZeRO 0, "
           f"{args.deep_steps} steps, one thread per worker; "
-          f"{first['trainable_params'] / 1e6:.2f} M trained parameters; median [min, max] over "
+          f"{first['trainable_params'] / 1e6:.2f} M trained parameters; median [min-max] over "
           f"{args.repeats} runs; steady: n / the median step after the first; all: n / the "
           "mean step")
     for how in launches:
         print(f"{how}:")
         for name in DEEP_RUNS:
             got = runs[how, name]
-            moved = ("" if how != "Ray Train" else _spread(
+            moved = ("" if how != "Ray Train" else spread(
                 [(s["width_bytes_per_step"] + s["data_bytes_per_step"]) / 2**20 for s in got],
-                ".3f") + " MiB moved/step  ")
+                "{:.3f}") + " MiB moved/step  ")
             print(f"  {name:34s} {moved}steady "
-                  f"{_spread([s['steady_samples_per_s'] for s in got], '.1f')} samples/s, all "
-                  f"{_spread([s['all_samples_per_s'] for s in got], '.1f')}")
+                  f"{spread([s['steady_samples_per_s'] for s in got], '{:.1f}')} samples/s, all "
+                  f"{spread([s['all_samples_per_s'] for s in got], '{:.1f}')}")
     width, data = (runs["Ray Train", name][0] for name in list(DEEP_RUNS)[1:])
     print("data-parallel bytes / width-sharded bytes per step: "
           f"{data['data_bytes_per_step'] / width['width_bytes_per_step']:.1f}x")

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 from ..models.blocks import default_block
 from ..models.groups import Role
 from ..ntk.deep_terms import last_groups, lower_groups
+from ..ntk.gram_terms import symmetric_share
 
 if TYPE_CHECKING:
     from ..config import RunConfig
@@ -112,9 +113,10 @@ class Prediction:
 @dataclass(frozen=True)
 class TileCosts:
     """What one rows x cols tile costs, independent of the grid: FLOPs every actor repeats,
-    FLOPs per neuron of the last layer (of which count_flops are 0/1 mask products: a ROWS
-    term's S S^T while the readout is +-1, as at initialisation), the root's finishing FLOPs,
-    a partial's bytes, the stored tile's bytes."""
+    FLOPs per neuron of the last layer (of which square_flops are its rows x cols products,
+    a ROWS term's and the readout's, and of those count_flops 0/1 mask products: a ROWS term's
+    S S^T while the readout is +-1, as at initialisation), the root's finishing FLOPs, a
+    partial's bytes, the stored tile's bytes."""
 
     count: int  # tiles of this shape in the sweep
     rows: int
@@ -122,6 +124,7 @@ class TileCosts:
     diagonal: bool  # a tile of the diagonal: its rows are its columns
     fixed_flops: float
     per_neuron_flops: float
+    square_flops: float
     count_flops: float
     finish_flops: float
     partial_bytes: float
@@ -154,12 +157,13 @@ def tile_costs(model: ModelConfig, d: int, n: int, tile: int,
     net = model.build(d, neurons=(0, 1))  # features and scale only: what a finish reads
     wider = _with_last_width(model, 2 * m).build(d, neurons=(0, 1))
     masks = sum(g.role is Role.ROWS for g in last_groups(net))
+    squares = masks + sum(g.role is Role.READOUT for g in last_groups(net))
     out = []
     for count, rows, cols, diag in _tile_shapes(n, tile):
         flops_m, flops_2m = net.gram_flops(rows, cols), wider.gram_flops(rows, cols)
         per_neuron = (flops_2m - flops_m) / m
         out.append(TileCosts(count, rows, cols, diag, flops_m - per_neuron * m, per_neuron,
-                             float(2 * rows * cols * masks),
+                             float(2 * rows * cols * squares), float(2 * rows * cols * masks),
                              _finish_flops(net, rows, cols, flops_m - per_neuron * m),
                              _partial_bytes(net, rows, cols, diag),
                              float(rows * cols * elem)))
@@ -207,9 +211,13 @@ def predict(costs: list[TileCosts], m: int, width: int, rows: int, rates: Rates,
             inner = shard
         else:
             inner = min(shard, default_block(_Neurons(shard), c.rows + c.cols))
+        per_neuron, counted = c.per_neuron_flops, c.count_flops
+        if c.diagonal and not rates.gpu:  # gram_terms.symmetric_blocks: the upper blocks only
+            cut = 1.0 - symmetric_share(c.rows)
+            per_neuron, counted = per_neuron - cut * c.square_flops, counted * (1.0 - cut)
         seconds = (rates.call_s + c.fixed_flops / rates.peak_flops
-                   + (c.per_neuron_flops - c.count_flops) * shard / rates.rate(inner)
-                   + c.count_flops * shard / rates.rate(inner, counts=True))
+                   + (per_neuron - counted) * shard / rates.rate(inner)
+                   + counted * shard / rates.rate(inner, counts=True))
         send = rates.call_s + c.partial_bytes / rates.link_bytes_s
         store = c.tile_bytes / rates.store_bytes_s
         finishing = rates.finish_s + c.finish_flops / rates.finish_flops

@@ -39,6 +39,36 @@ class Block(NamedTuple):
     a: torch.Tensor
 
 
+# A Gram of X against itself (a diagonal tile) is symmetric. On the CPU its n x n sums are
+# formed in SYM_SPLIT x SYM_SPLIT row blocks, the upper triangle's only, and mirrored once at
+# the end: (q + 1) / (2 q) of a whole product's FLOPs, 5/8 for q = 4 (the blocks' GEMMs, n / 4
+# rows each, still run at the kernel's rate). CUDA keeps whole products: there a one-device
+# job's time is writing its tiles, not their kernels (docs/gpu/README.md).
+SYM_SPLIT = 4
+
+
+def symmetric_blocks(n: int, device: torch.device) -> list[tuple[slice, slice]] | None:
+    """The (rows, cols) blocks on or above the diagonal that a symmetric n x n sum is formed
+    from on `device`, or None where it is formed whole."""
+    if device.type != "cpu" or n < 2 * SYM_SPLIT:
+        return None
+    cuts = [n * i // SYM_SPLIT for i in range(SYM_SPLIT + 1)]
+    spans = [slice(lo, hi) for lo, hi in zip(cuts, cuts[1:])]
+    return [(r, c) for i, r in enumerate(spans) for c in spans[i:]]
+
+
+def symmetric_share(n: int) -> float:
+    """The share of a whole n x n product's FLOPs that symmetric_blocks computes on the CPU."""
+    return 1.0 if n < 2 * SYM_SPLIT else (SYM_SPLIT + 1) / (2 * SYM_SPLIT)
+
+
+def _mirror(t: torch.Tensor, blocks: list[tuple[slice, slice]]) -> None:
+    """The blocks below t's diagonal from those above it."""
+    for r, c in blocks:
+        if r != c:
+            t[c, r] = t[r, c].T
+
+
 def overlap_dtype(device: torch.device) -> torch.dtype:
     """The dtype the 0/1 activation masks are multiplied in for S S^T: bfloat16 on CUDA, where
     torch.mm(s1, s2.T, torch.float32) runs on tensor cores with float32 accumulation and a
@@ -56,17 +86,23 @@ class _RowsSum:
     float32 from tensor cores, added into float64 (overlap_dtype). Otherwise the weighted
     masks are multiplied in the net's dtype and summed in float64."""
 
-    def __init__(self, group: Group, n1: int, n2: int, device: torch.device, counts: bool):
+    def __init__(self, group: Group, n1: int, n2: int, device: torch.device, counts: bool,
+                 sym: bool):
         self.key, self.counts, self.pending = group.key, counts, 0
         self.mask = overlap_dtype(device)
         self.total = torch.zeros(n1, n2, dtype=F64, device=device)
         # The CPU's float32 accumulator; on CUDA, the buffer each block's product lands in.
         self.count = torch.zeros(n1, n2, dtype=torch.float32, device=device) if counts else None
+        self.blocks = symmetric_blocks(n1, device) if sym else None
 
     def add(self, b: Block) -> None:
         sym = b.p2 is b.p1
         if not self.counts:
             d1 = (b.p1 > 0).to(b.p1.dtype) * b.a
+            if self.blocks is not None:
+                for r, c in self.blocks:
+                    self.total[r, c].add_((d1[r] @ d1[c].T).to(F64))
+                return
             d2 = d1 if sym else (b.p2 > 0).to(b.p2.dtype) * b.a
             self.total += (d1 @ d2.T).to(F64)
             return
@@ -80,12 +116,18 @@ class _RowsSum:
             self.total += self.count
             self.count.zero_()
             self.pending = 0
-        self.count.addmm_(s1, s2.T)
+        if self.blocks is None:
+            self.count.addmm_(s1, s2.T)
+        else:
+            for r, c in self.blocks:
+                self.count[r, c].addmm_(s1[r], s1[c].T)
         self.pending += b.i1 - b.i0
 
     def result(self) -> NeuronSum:
         if self.counts and self.mask is not torch.bfloat16:
             self.total += self.count
+        if self.blocks is not None:
+            _mirror(self.total, self.blocks)
         return NeuronSum(self.key, self.total)
 
 
@@ -139,15 +181,22 @@ class _BackSum:
 class _ReadoutSum:
     """sum_r relu(P_r(X1)) relu(P_r(X2))^T, each block's product summed in float64."""
 
-    def __init__(self, group: Group, n1: int, n2: int, device: torch.device):
+    def __init__(self, group: Group, n1: int, n2: int, device: torch.device, sym: bool):
         self.key = group.key
         self.total = torch.zeros(n1, n2, dtype=F64, device=device)
+        self.blocks = symmetric_blocks(n1, device) if sym else None
 
     def add(self, b: Block) -> None:
         r1 = torch.relu(b.p1)
-        self.total += (r1 @ (r1 if b.p2 is b.p1 else torch.relu(b.p2)).T).to(F64)
+        if self.blocks is None:
+            self.total += (r1 @ (r1 if b.p2 is b.p1 else torch.relu(b.p2)).T).to(F64)
+            return
+        for r, c in self.blocks:
+            self.total[r, c].add_((r1[r] @ r1[c].T).to(F64))
 
     def result(self) -> NeuronSum:
+        if self.blocks is not None:
+            _mirror(self.total, self.blocks)
         return NeuronSum(self.key, self.total)
 
 
@@ -165,9 +214,9 @@ def running_sums(groups: tuple[Group, ...], layer: Layer, a: torch.Tensor, n1: i
     """
     dev = a.device
     made = {
-        Role.ROWS: lambda g: _RowsSum(g, n1, n2, dev, counts),
+        Role.ROWS: lambda g: _RowsSum(g, n1, n2, dev, counts, sym),
         Role.RANK: lambda g: _RankSum(g, layer, n1, n2, dev, sym),
-        Role.READOUT: lambda g: _ReadoutSum(g, n1, n2, dev),
+        Role.READOUT: lambda g: _ReadoutSum(g, n1, n2, dev, sym),
     }
     return [made[g.role](g) for g in groups]
 

@@ -24,6 +24,7 @@ from fntk_dist.gram.grid_plan import (
     tile_costs,
 )
 from fntk_dist.models.config import ModelConfig
+from fntk_dist.ntk.gram_terms import symmetric_share
 
 
 def run_config(**model) -> RunConfig:
@@ -95,10 +96,17 @@ def test_the_prediction_follows_the_rates():
                    store_bytes_s=float("inf"), commit_s=0.0)
     one, four = predict(costs, 4096, 1, 1, free), predict(costs, 4096, 4, 1, free)
     c = costs[0]
-    assert one.compute_s == pytest.approx((c.fixed_flops + c.per_neuron_flops * 4096)
+    # One diagonal tile: on the CPU its rows x cols products are formed from their upper
+    # blocks (gram_terms.symmetric_blocks), on a GPU whole.
+    assert c.diagonal and 0 < c.count_flops <= c.square_flops < c.per_neuron_flops
+    per_neuron = c.per_neuron_flops - (1 - symmetric_share(c.rows)) * c.square_flops
+    assert one.compute_s == pytest.approx((c.fixed_flops + per_neuron * 4096)
                                           / free.peak_flops)
-    assert four.compute_s == pytest.approx((c.fixed_flops + c.per_neuron_flops * 1024)
+    assert four.compute_s == pytest.approx((c.fixed_flops + per_neuron * 1024)
                                            / free.peak_flops)
+    gpu = predict(costs, 4096, 1, 1, replace(free, gpu=True))
+    assert gpu.compute_s == pytest.approx((c.fixed_flops + c.per_neuron_flops * 4096)
+                                          / free.peak_flops)
     assert four.comm_s == 0.0 and four.bytes_per_actor == c.partial_bytes
     slow_driver = replace(free, commit_s=100.0)
     times = [p.total_s for p in plan(cfg.model, 256, 32, 256, 4, slow_driver)]

@@ -14,6 +14,7 @@ from torch.func import functional_call, jacrev, vmap
 
 from fntk_dist import TwoLayerNet, autograd_ntk, empirical_ntk, ntk_matvec
 from fntk_dist.ntk import GramPartial, RankSum, finish_gram, gram_partial
+from fntk_dist.ntk.gram_terms import SYM_SPLIT, symmetric_blocks
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor, scale: float = 0.0) -> float:
@@ -201,3 +202,26 @@ def test_gram_partials_add_reduce_move_and_pickle(mode, sketch):
         gram_partial(shards[0], x) + gram_partial(_shards("sketch_in", None, [0, 90])[0], x)
     with pytest.raises(ValueError, match="part: cannot add"):
         gram_partial(shards[0], x).add_(gram_partial(_shards("sketch_in", None, [0, 90])[0], x))
+
+
+@pytest.mark.parametrize("n", [5, 13, 64])
+@pytest.mark.parametrize("moved", [False, True])
+def test_a_diagonal_tile_sums_its_upper_blocks_only(n, moved):
+    """X against itself forms its n x n sums from the blocks on and above the diagonal
+    (gram_terms.symmetric_blocks, on the CPU) and mirrors them: the sums of X against a copy
+    of X, which forms them whole, exactly for the neuron counts of a +-1 readout, to rounding
+    for weighted masks and the readout's term; and exactly symmetric."""
+    assert (symmetric_blocks(n, torch.device("cpu")) is None) == (n < 2 * SYM_SPLIT)
+    net = _net("sketch_in", "gaussian", 6, 40, 3, True, seed=2)
+    if moved:  # the weighted, non-count path
+        with torch.no_grad():
+            net.a.mul_(torch.linspace(0.3, 2.0, 40, dtype=torch.float64))
+    x = torch.randn(n, 6, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    upper, whole = gram_partial(net, x, block=16), gram_partial(net, x, x.clone(), block=16)
+    assert upper.keys == whole.keys == (("layer0", "U"), ("readout", "a"))
+    for mine, ref in zip(upper.terms, whole.terms):
+        assert torch.equal(mine.total, mine.total.T)
+        if mine.key == ("layer0", "U") and not moved:
+            assert torch.equal(mine.total, ref.total)
+        else:
+            assert _rel(mine.total, ref.total) < 1e-14
