@@ -29,9 +29,10 @@ F32_EXACT = 1 << 24
 DEVICE_SHARE = 4
 # default_block on the CPU: activations of one block over all its rows. 4M keeps each n x block
 # float64 temporary at 16 MB at most, below glibc's largest mmap threshold (32 MiB,
-# fntk_dist.memory), so freed blocks are reused instead of mapped and faulted in afresh: twice
-# that (the old default) made every tile 10-40% slower on a 2-core host (n = 1024 and 512,
-# m = 16384, every mode); half of it gains nothing more.
+# fntk_dist.memory), so freed blocks are reused instead of mapped and faulted in afresh. Twice
+# that (the old default) made a 1024-row tile's partial at m = 16384 on a 2-core host 25 %
+# slower for sketch_in and 38 % for sketch_out, dense and lowrank within 6 % either way
+# (tools/bench_tile_parts.py --against 309a98d); half of it gained nothing more.
 CPU_BLOCK_ACTIVATIONS = 1 << 22
 BYTES_PER_ACTIVATION = 32
 MIN_DEVICE_BLOCK = 256

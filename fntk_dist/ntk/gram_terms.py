@@ -59,7 +59,10 @@ def symmetric_blocks(n: int, device: torch.device) -> list[tuple[slice, slice]] 
 
 def symmetric_share(n: int) -> float:
     """The share of a whole n x n product's FLOPs that symmetric_blocks computes on the CPU."""
-    return 1.0 if n < 2 * SYM_SPLIT else (SYM_SPLIT + 1) / (2 * SYM_SPLIT)
+    blocks = symmetric_blocks(n, torch.device("cpu"))
+    if blocks is None:
+        return 1.0
+    return sum((r.stop - r.start) * (c.stop - c.start) for r, c in blocks) / (n * n)
 
 
 def _mirror(t: torch.Tensor, blocks: list[tuple[slice, slice]]) -> None:
