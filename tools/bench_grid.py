@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from scaling_model import job_config, run_job  # noqa: E402
+from cpu_calibration import job_config, run_job  # noqa: E402
 from timing import spread  # noqa: E402
 
 from fntk_dist.distributed.cluster import connect  # noqa: E402

@@ -59,6 +59,13 @@ class Rates:
     # A GPU multiplies the masks in bf16 whatever the net's dtype; the CPU's calibration fits
     # one rate over the kernel's mix.
     count_flops: float | None = None
+    # Seconds an actor's first tile takes beyond its later ones, once per actor: a fresh
+    # process faulting in its blocks' temporaries and sums. Measured on the CPU; 0 for the
+    # GPU figures (not measured there).
+    cold_s: float = 0.0
+    # The kernel's rate on each actor while every core runs one, as a fraction of its rate
+    # alone (the cores share caches and memory bandwidth). Measured on the CPU; 1 for GPUs.
+    shared_rate: float = 1.0
 
     def rate(self, width: float, counts: bool = False) -> float:
         """FLOP/s of a kernel whose neuron blocks hold `width` neurons (counts: of its mask
@@ -68,14 +75,17 @@ class Rates:
 
 
 # Calibrated on this project's 2-core CPU VM (AVX-512), one thread per actor, float64 net, on
-# 2026-11-27 at 07:59 (load average 0.62 before):
+# 2026-11-27 at 10:59 (load average 2.0 before: the calibrations run just before it):
 #   .venv/bin/python tools/scaling_model.py --calibrate
-# (kernel rate vs neurons per block: span_partial on a 512 x 512 tile; call and link: Ray
-# calls returning nothing and a 2 MB GramPartial sum; finish and store: finish_span of 256 and
-# 512 row tiles, stage_tile of the 512 one; commit: TileStore.commit of a staged tile).
-CPU_RATES = Rates(name="cpu", peak_flops=88e9, half_width=183.0, link_bytes_s=7.5e8,
-                  call_s=0.87e-3, cores=os.cpu_count() or 1, finish_flops=30e9, finish_s=4.8e-4,
-                  store_bytes_s=5.2e8, commit_s=2.06e-3)
+# (kernel rate vs neurons per block: span_partial on a 512 x 512 tile in a one-thread actor,
+# alone and one actor per core at once; cold start: the first two tiles of fresh actors beyond
+# later ones; call and link: Ray calls returning nothing and a 2 MB GramPartial sum; finish
+# and store: finish_span of 256 and 512 row tiles, stage_tile of the 512 one; commit:
+# TileStore.commit of a staged tile).
+CPU_RATES = Rates(name="cpu", peak_flops=106e9, half_width=248.0, link_bytes_s=7.0e8,
+                  call_s=0.82e-3, cores=os.cpu_count() or 1, finish_flops=24.6e9,
+                  finish_s=1.4e-4, store_bytes_s=6.1e8, commit_s=1.64e-3, cold_s=0.030,
+                  shared_rate=0.92)
 
 
 def h100_rates(dtype: str = "float32", link_bytes_s: float = 25e9,
@@ -102,7 +112,7 @@ class Prediction:
 
     width: int  # W: width shards
     rows: int  # R: row groups
-    compute_s: float  # a root's seconds over the sweep: kernel, finishing, storing
+    compute_s: float  # a root's seconds: its first tile's cold start, kernel, finishing, storing
     comm_s: float  # its group's seconds moving partials (the tree's levels into the root)
     driver_s: float  # the driver's seconds: committing every tile (and writing sent ones)
     bytes_per_actor: float  # bytes each actor sends over the sweep (partials, sent tiles)
@@ -204,6 +214,7 @@ def predict(costs: list[TileCosts], m: int, width: int, rows: int, rates: Rates,
     # The others' tree, then its sum into the root: ceil(log2 (W - 1)) + 1 partials in turn.
     levels = (math.ceil(math.log2(width - 1)) if width > 2 else 0) + (width > 1)
     kernel = root = comm = driver = moved = 0.0
+    slow = 1.0 / rates.shared_rate if rates.cores is not None and width * rows > 1 else 1.0
     for c in costs:
         if block is not None:
             inner = min(shard, block)
@@ -221,7 +232,7 @@ def predict(costs: list[TileCosts], m: int, width: int, rows: int, rates: Rates,
         send = rates.call_s + c.partial_bytes / rates.link_bytes_s
         store = c.tile_bytes / rates.store_bytes_s
         finishing = rates.finish_s + c.finish_flops / rates.finish_flops
-        kernel += c.count * seconds
+        kernel += c.count * seconds * slow
         comm += c.count * levels * send
         moved += c.count * c.partial_bytes * (width > 1)
         driver += c.count * rates.commit_s
@@ -234,14 +245,18 @@ def predict(costs: list[TileCosts], m: int, width: int, rows: int, rates: Rates,
     # Tiles are dealt to the group with the fewest pending: each takes about ceil(T / R) of
     # them, so a group's share of the sweep's work is ceil(T / R) / T.
     share = math.ceil(tiles / rows) / tiles
-    compute_s, comm_s = (kernel + root) * share, comm * share
+    compute_s, comm_s = (kernel + root) * share + rates.cold_s, comm * share
     group_s = compute_s + comm_s
     per_group = math.ceil(tiles / rows)
     # A pipeline: the driver commits a group's last tile after it, and it cannot commit faster
     # than its own path allows; the slower path sets the pace.
     total = max(group_s + driver / tiles, driver + group_s / per_group)
-    if rates.cores is not None:  # actors and the driver share the host's cores
-        total = max(total, (width * rows * kernel * share + root + driver) / rates.cores)
+    if rates.cores is not None:
+        # Actors and the driver share the host's cores. More actors than cores time-share
+        # them: each runs at cores / actors of one, and so does a group's chain of tiles (its
+        # first tile's cold start, its kernels, its root's wait for the others and finish).
+        busy = width * rows * kernel * share + root + driver
+        total = max(total, busy / rates.cores, group_s * width * rows / rates.cores)
     return Prediction(width, rows, compute_s, comm_s, driver, moved * share, total, 0.0)
 
 

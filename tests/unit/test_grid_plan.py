@@ -93,7 +93,7 @@ def test_the_prediction_follows_the_rates():
     costs = tile_costs(cfg.model, 32, 256, 256)
     free = replace(CPU_RATES, link_bytes_s=float("inf"), call_s=0.0, cores=None,
                    finish_s=0.0, finish_flops=float("inf"), half_width=0.0,
-                   store_bytes_s=float("inf"), commit_s=0.0)
+                   store_bytes_s=float("inf"), commit_s=0.0, cold_s=0.0)
     one, four = predict(costs, 4096, 1, 1, free), predict(costs, 4096, 4, 1, free)
     c = costs[0]
     # One diagonal tile: on the CPU its rows x cols products are formed from their upper
@@ -111,6 +111,36 @@ def test_the_prediction_follows_the_rates():
     slow_driver = replace(free, commit_s=100.0)
     times = [p.total_s for p in plan(cfg.model, 256, 32, 256, 4, slow_driver)]
     assert times == pytest.approx([100.0] * 3, rel=1e-3)
+
+
+def test_cold_starts_and_shared_cores():
+    """Every actor's first tile costs cold_s once; actors beyond the host's cores time-share
+    them, and a row group's chain of tiles runs at cores / actors of a core."""
+    cfg = run_config(m=4096)
+    costs = tile_costs(cfg.model, 32, 1024, 256)  # 10 tiles
+    base = replace(CPU_RATES, cores=None, cold_s=0.0, shared_rate=1.0)
+    cold = replace(base, cold_s=1.0)
+    for width, rows in ((1, 1), (2, 1), (1, 2), (2, 2)):
+        warm = predict(costs, 4096, width, rows, base)
+        first = predict(costs, 4096, width, rows, cold)
+        assert first.total_s == pytest.approx(warm.total_s + 1.0)
+        assert first.compute_s == pytest.approx(warm.compute_s + 1.0)
+    # Four actors on two cores: each group's path (cold start included) at half a core.
+    for rates in (base, cold):
+        alone = predict(costs, 4096, 2, 2, rates)
+        shared = predict(costs, 4096, 2, 2, replace(rates, cores=2))
+        assert shared.total_s == pytest.approx(2 * (alone.compute_s + alone.comm_s))
+    # As many cores as actors: no time-sharing, but every actor's kernel at the rate it
+    # keeps while the other cores run too (a lone actor at its own).
+    assert predict(costs, 4096, 2, 2, replace(cold, cores=4)).total_s == pytest.approx(
+        predict(costs, 4096, 2, 2, cold).total_s)
+    kernel_only = replace(base, finish_s=0.0, finish_flops=float("inf"),
+                          store_bytes_s=float("inf"), call_s=0.0)
+    for width, rows, factor in ((2, 2, 2.0), (1, 1, 1.0)):
+        apart = predict(costs, 4096, width, rows, replace(kernel_only, cores=4))
+        crowded = predict(costs, 4096, width, rows, replace(kernel_only, cores=4,
+                                                            shared_rate=0.5))
+        assert crowded.compute_s == pytest.approx(factor * apart.compute_s)
 
 
 def test_tiles_stored_by_the_roots_or_sent_to_the_driver():

@@ -1,0 +1,266 @@
+"""The scaling model's CPU check on this host (`python tools/scaling_model.py --calibrate`):
+the rates of the grid plan (fntk_dist.gram.grid_plan.Rates) measured one by one, then real
+`fntk gram` jobs on 1, 2 and 4 one-thread actors against the model fed those rates.
+
+Measured: the tile kernel's seconds against neurons per block in a one-thread actor (fitted:
+peak and half-rate width), the widest again on one actor per core at once (the rate each keeps
+then), the first tiles of fresh actors beyond later ones (cold start), a Ray call's overhead and
+the bytes/s of a partial returned by an actor, a root's finish of a tile, the bytes/s of writing
+a tile file and the driver's commit of one. The jobs run interleaved, --repeats times, on one
+embedded Ray cluster; measured: median [min-max] of each job's tile seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from timing import spread, wall_times
+
+from fntk_dist.config import build_config
+from fntk_dist.gram.grid_plan import CPU_RATES, predict, tile_costs
+from fntk_dist.gram.tile_file import stage_tile
+from fntk_dist.models.config import ModelConfig
+
+
+def _median_seconds(fn, repeats: int) -> float:
+    return statistics.median(wall_times(fn, repeats))
+
+
+class KernelProbe:
+    """A one-thread actor timing span_partial where a Gram shard runs it: its own process, with
+    Ray's threads beside it and its freed memory kept, on tile x tile off-diagonal tiles."""
+
+    def __init__(self, mode: str, k: int, d: int, tile: int) -> None:
+        from fntk_dist.memory import keep_freed_memory
+
+        keep_freed_memory()
+        torch.set_num_threads(1)
+        self.model = ModelConfig(mode=mode, m=1024, k=k)
+        self.tile = tile
+        self.x = torch.randn(4 * tile, d, dtype=torch.float64)
+
+    def _seconds(self, net, span) -> float:
+        from fntk_dist.gram.executor import span_partial
+
+        start = time.perf_counter()
+        span_partial(net, self.x, span, None)
+        return time.perf_counter() - start
+
+    def cold(self, m: int) -> float:
+        """Seconds the first two tiles of this fresh process take beyond its later ones (a
+        Gram job's first tiles fault their memory in as these do), at m neurons."""
+        net = self.model.model_copy(update={"m": m}).build(self.x.shape[1])
+        t = self.tile
+        spans = [((i * t, (i + 1) * t), (j * t, (j + 1) * t))
+                 for i, j in ((0, 1), (0, 2), (1, 2), (0, 3), (1, 3))]
+        seconds = [self._seconds(net, span) for span in spans]
+        return seconds[0] + seconds[1] - 2 * statistics.median(seconds[2:])
+
+    def kernel(self, widths: list[int], rounds: int) -> list[float]:
+        """The median seconds of each width's tile over `rounds` rounds, the widths taken in
+        turn each round (so a slow spell of the host falls on all of them)."""
+        nets = [self.model.model_copy(update={"m": w}).build(self.x.shape[1]) for w in widths]
+        span = ((0, self.tile), (self.tile, 2 * self.tile))
+        seconds: list[list[float]] = [[] for _ in widths]
+        for _ in range(rounds + 1):  # the first round warms every width's memory up
+            for times, net in zip(seconds, nets):
+                times.append(self._seconds(net, span))
+        return [statistics.median(times[1:]) for times in seconds]
+
+
+def calibrate_kernel(args: argparse.Namespace) -> tuple[float, float, float, float]:
+    """(peak FLOP/s, half-rate width, cold seconds, shared rate) of one thread's tile kernel,
+    measured in one-thread actors: t(w) = (fixed + per_neuron (w + half)) / peak fitted (linear
+    in w) to the kernel's seconds for several neuron counts w; cold: the median over three
+    fresh actors of their first tiles' seconds beyond later ones, at the jobs' width; shared:
+    the widest kernel's rate on one actor per core at once against its rate alone (medians of
+    three turns each, at most 1)."""
+    import ray
+
+    probe = ray.remote(num_cpus=1)(KernelProbe)
+    colds = []
+    for _ in range(3):
+        actor = probe.remote(args.cal_mode, args.k, args.cal_d, args.job_tile)
+        colds.append(ray.get(actor.cold.remote(args.job_m)))
+        ray.kill(actor)
+    cold = max(0.0, statistics.median(colds))
+    model = ModelConfig(mode=args.cal_mode, m=1024, k=args.k)
+    costs = [c for c in tile_costs(model, args.cal_d, 2 * args.job_tile, args.job_tile)
+             if not c.diagonal][0]
+    widths = [w for w in (2 ** i for i in range(4, 16)) if args.k <= w <= args.job_m]
+    actor = probe.remote(args.cal_mode, args.k, args.cal_d, args.job_tile)
+    seconds = ray.get(actor.kernel.remote(widths, args.kernel_rounds))
+    ray.kill(actor)
+    # The widest kernel on one actor, then on one actor per core at once, in turn three
+    # times: the rate each keeps when every core is busy (at most the rate alone).
+    cores = CPU_RATES.cores or 1
+    actors = [probe.remote(args.cal_mode, args.k, args.cal_d, args.job_tile)
+              for _ in range(cores)]
+    alone, together = [], []
+    for _ in range(3):
+        alone += ray.get(actors[0].kernel.remote(widths[-1:], args.kernel_rounds))
+        together += [s[0] for s in ray.get([a.kernel.remote(widths[-1:], args.kernel_rounds)
+                                            for a in actors])]
+    for a in actors:
+        ray.kill(a)
+    shared_rate = min(1.0, statistics.median(alone) / statistics.median(together))
+    # Least squares in relative error (weights 1/t^2): thin blocks, which take milliseconds,
+    # count as much as wide ones.
+    wts = [1 / t ** 2 for t in seconds]
+    sw = sum(wts)
+    mean_w = sum(c * w for c, w in zip(wts, widths)) / sw
+    mean_t = sum(c * t for c, t in zip(wts, seconds)) / sw
+    slope = (sum(c * (w - mean_w) * (t - mean_t) for c, w, t in zip(wts, widths, seconds))
+             / sum(c * (w - mean_w) ** 2 for c, w in zip(wts, widths)))
+    intercept = mean_t - slope * mean_w
+    peak = costs.per_neuron_flops / slope
+    half = max(0.0, (intercept * peak - costs.fixed_flops) / costs.per_neuron_flops)
+    print(f"kernel, a one-thread actor (neurons: seconds, median of {args.kernel_rounds} "
+          f"rounds; GFLOP/s):")
+    for w, t in zip(widths, seconds):
+        flops = costs.fixed_flops + costs.per_neuron_flops * w
+        model_s = (costs.fixed_flops + costs.per_neuron_flops * (w + half)) / peak
+        print(f"  {w:5d}: {t:.4f} s  {flops / t / 1e9:6.1f}  model {model_s:.4f} s")
+    print(f"  {widths[-1]:5d} alone, then on {cores} actors at once, three times: "
+          f"{spread(alone)} s, {spread(together)} s: {shared_rate:.2f} of the rate alone")
+    print(f"cold start, m={args.job_m}, three fresh actors: "
+          f"{', '.join(f'{1e3 * c:.1f}' for c in colds)} ms")
+    return peak, half, cold, shared_rate
+
+
+def calibrate_ray(args: argparse.Namespace) -> tuple[float, float]:
+    """(seconds per call, bytes/s of a returned partial) between a one-thread actor and this
+    process: a GramPartial's sum as the job ships it."""
+    import ray
+
+    from fntk_dist.ntk import NeuronSum
+
+    @ray.remote(num_cpus=1)
+    class Echo:
+        def __init__(self, nbytes: int) -> None:
+            torch.set_num_threads(1)
+            self.block = NeuronSum(("layer0", "U"), torch.ones(nbytes // 8, dtype=torch.float64))
+
+        def noop(self) -> None:
+            return None
+
+        def partial(self) -> NeuronSum:
+            return self.block
+
+    nbytes = args.job_tile * args.job_tile * 8  # one ROWS term of a tile
+    actor = Echo.remote(nbytes)
+    ray.get(actor.noop.remote())
+    call = _median_seconds(lambda: ray.get(actor.noop.remote()), 50)
+    moved = _median_seconds(lambda: ray.get(actor.partial.remote()), 10)
+    ray.kill(actor)
+    return call, nbytes / max(moved - call, 1e-9)
+
+
+def calibrate_root(args: argparse.Namespace) -> tuple[float, float, float, float]:
+    """(seconds per tile, FLOP/s) of a root's finish (finish_span, fitted on two tile sizes),
+    bytes/s of staging a tile file beside a store, and seconds of the driver's commit."""
+    from fntk_dist.gram.executor import finish_span, span_partial
+    from fntk_dist.gram.grid_plan import _finish_flops
+    from fntk_dist.gram.tile_file import warm_up
+    from fntk_dist.gram.tile_store import TileStore
+
+    warm_up()
+    model = ModelConfig(mode=args.cal_mode, m=64, k=args.k)
+    net = model.build(args.cal_d)
+    points, stored, commits = [], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for tile in (args.job_tile // 2, args.job_tile):
+            x = torch.randn(2 * tile, args.cal_d, dtype=torch.float64)
+            span = ((0, tile), (tile, 2 * tile))
+            part = span_partial(net, x, span, None)
+            flops = _finish_flops(net, tile, tile, tile_costs(
+                model, args.cal_d, 2 * tile, tile)[0].fixed_flops)
+            store = TileStore.create_or_open(Path(tmp) / f"s{tile}", config_hash="calibrate",
+                                             n=2 * tile, tile=tile)
+            away = store.target(0, 1, reachable=False)  # the finish alone, no file
+            seconds = _median_seconds(
+                lambda part=part, x=x, span=span, away=away: finish_span(net, x, part, span,
+                                                                           away), 5)
+            points.append((flops, seconds))
+            block = finish_span(net, x, part, span, away)
+            for _ in range(5):  # the tile file (its own rate: bytes), then the driver's commit
+                t0 = time.perf_counter()
+                staged = stage_tile(store.target(0, 1), block)
+                t1 = time.perf_counter()
+                store.commit(0, 1, staged)
+                stored.append(staged.bytes / (t1 - t0))
+                commits.append(time.perf_counter() - t1)
+    (f1, t1), (f2, t2) = points
+    rate = (f2 - f1) / max(t2 - t1, 1e-9)
+    return max(0.0, t1 - f1 / rate), rate, statistics.median(stored), statistics.median(commits)
+
+
+def job_config(model: dict, n: int, d: int, tile: int, workers: int,
+               grid: tuple[int, int] | None = None) -> object:
+    return build_config({
+        "model": {"dtype": "float64", **model},
+        "data": {"source": "sphere", "n": n, "d": d},
+        "dist": {"workers": workers, **({"grid": list(grid)} if grid else {})},
+        "gram": {"tile": tile, "device": "cpu", "certify": False},
+        "tracking": {"wandb": False},
+    }, source="scaling_model")
+
+
+def run_job(cfg) -> tuple[float, tuple[int, int] | None]:
+    """A real `fntk gram` job into a fresh store: (its tile seconds, the grid it ran). Tile
+    seconds: the wall time from the first tile submitted to the last stored (the store's
+    tile_seconds), without starting and stopping the actors."""
+    from fntk_dist.gram.job import run_gram_job
+
+    with tempfile.TemporaryDirectory() as tmp:
+        summary = run_gram_job(cfg, Path(tmp) / "gram", progress=False)
+    grid = summary.get("grid")
+    return summary["tile_seconds"], (tuple(grid) if grid else None)
+
+
+def calibrate(args: argparse.Namespace) -> None:
+    import os
+
+    from fntk_dist.distributed.cluster import connect
+
+    load = os.getloadavg()[0]
+    print(f"load average before: {load:.2f} (cores: {os.cpu_count()})")
+    connect(None, min_cpus=max(args.workers))
+    peak, half, cold, shared_rate = calibrate_kernel(args)
+    call, link = calibrate_ray(args)
+    finish_s, finish_rate, store_rate, commit = calibrate_root(args)
+    rates = replace(CPU_RATES, peak_flops=peak, half_width=half, call_s=call,
+                    link_bytes_s=link, finish_flops=finish_rate, finish_s=finish_s,
+                    store_bytes_s=store_rate, commit_s=commit, cold_s=cold,
+                    shared_rate=shared_rate)
+    print(f"calibrated: {rates}")
+    model = {"mode": args.cal_mode, "m": args.job_m, "k": args.k}
+    if args.cal_mode == "sketch_in":
+        model["sketch"] = "gaussian"
+    measured: dict[int, list[float]] = {w: [] for w in args.workers}
+    shapes: dict[int, tuple[int, int] | None] = {}
+    for _ in range(args.repeats):  # interleaved: 1, 2, 4, 1, 2, 4, ...
+        for workers in args.workers:
+            seconds, grid = run_job(job_config(model, args.job_n, args.cal_d, args.job_tile,
+                                               workers))
+            measured[workers].append(seconds)
+            shapes[workers] = grid
+    mc = ModelConfig(**model)
+    costs = tile_costs(mc, args.cal_d, args.job_n, args.job_tile)
+    print(f"\n`fntk gram` jobs: n={args.job_n} d={args.cal_d} m={args.job_m} k={args.k} "
+          f"{args.cal_mode}, tile={args.job_tile}, float64, one thread per actor, "
+          f"{args.repeats} repeats; load average after: {os.getloadavg()[0]:.2f}")
+    print(f"{'actors':>6} {'grid':>5} {'measured s (median [min-max])':>32} {'predicted s':>12} "
+          f"{'error':>7}")
+    for workers in args.workers:
+        grid = shapes[workers] or (workers, 1)  # an executor without grids: the width split
+        p = predict(costs, mc.m, grid[0], grid[1], rates)
+        med = statistics.median(measured[workers])
+        print(f"{workers:6d} {grid[0]:>2}x{grid[1]:<2} {spread(measured[workers]):>32} "
+              f"{p.total_s:12.4f} {100 * (p.total_s - med) / med:+6.1f}%")
