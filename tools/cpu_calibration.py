@@ -2,8 +2,9 @@
 the rates of the grid plan (fntk_dist.gram.grid_plan.Rates) measured one by one, then real
 `fntk gram` jobs on 1, 2 and 4 one-thread actors against the model fed those rates.
 
-Measured: the tile kernel's seconds against neurons per block in a one-thread actor (fitted:
-peak and half-rate width), the widest again on one actor per core at once (the rate each keeps
+Measured: the tile kernel's seconds in a one-thread actor on off-diagonal tiles, against neurons
+per block and against the tile's rows (fitted: peak, half-rate width and seconds per
+pre-activation), the jobs' kernel again on one actor per core at once (the rate each keeps
 then), the first tiles of fresh actors beyond later ones (cold start), a Ray call's overhead and
 the bytes/s of a partial returned by an actor, a root's finish of a tile, the bytes/s of writing
 a tile file and the driver's commit of one. The jobs run interleaved, --repeats times, on one
@@ -23,7 +24,7 @@ import torch
 from timing import spread, wall_times
 
 from fntk_dist.config import build_config
-from fntk_dist.gram.grid_plan import CPU_RATES, predict, tile_costs
+from fntk_dist.gram.grid_plan import CPU_RATES, TileCosts, kernel_seconds, predict, tile_costs
 from fntk_dist.gram.tile_file import stage_tile
 from fntk_dist.models.config import ModelConfig
 
@@ -62,25 +63,52 @@ class KernelProbe:
         seconds = [self._seconds(net, span) for span in spans]
         return seconds[0] + seconds[1] - 2 * statistics.median(seconds[2:])
 
-    def kernel(self, widths: list[int], rounds: int) -> list[float]:
-        """The median seconds of each width's tile over `rounds` rounds, the widths taken in
-        turn each round (so a slow spell of the host falls on all of them)."""
-        nets = [self.model.model_copy(update={"m": w}).build(self.x.shape[1]) for w in widths]
-        span = ((0, self.tile), (self.tile, 2 * self.tile))
-        seconds: list[list[float]] = [[] for _ in widths]
-        for _ in range(rounds + 1):  # the first round warms every width's memory up
-            for times, net in zip(seconds, nets):
-                times.append(self._seconds(net, span))
+    def kernel(self, cases: list[tuple[int, int]], rounds: int) -> list[float]:
+        """The median seconds of each (neurons, tile rows) case's off-diagonal tile over
+        `rounds` rounds, the cases taken in turn each round (so a slow spell of the host falls
+        on all of them)."""
+        d = self.x.shape[1]
+        nets = {w: self.model.model_copy(update={"m": w}).build(d) for w, _ in cases}
+        seconds: list[list[float]] = [[] for _ in cases]
+        for _ in range(rounds + 1):  # the first round warms every case's memory up
+            for times, (w, t) in zip(seconds, cases):
+                times.append(self._seconds(nets[w], ((0, t), (t, 2 * t))))
         return [statistics.median(times[1:]) for times in seconds]
 
 
-def calibrate_kernel(args: argparse.Namespace) -> tuple[float, float, float, float]:
-    """(peak FLOP/s, half-rate width, cold seconds, shared rate) of one thread's tile kernel,
-    measured in one-thread actors: t(w) = (fixed + per_neuron (w + half)) / peak fitted (linear
-    in w) to the kernel's seconds for several neuron counts w; cold: the median over three
-    fresh actors of their first tiles' seconds beyond later ones, at the jobs' width; shared:
-    the widest kernel's rate on one actor per core at once against its rate alone (medians of
-    three turns each, at most 1)."""
+def fit_kernel(samples: list[tuple[TileCosts, int, float]]) -> tuple[float, float, float]:
+    """(peak FLOP/s, half-rate width, seconds per pre-activation) of the plan's kernel_seconds
+    fitted to (tile, neurons, seconds) samples: for each half-rate width on a grid, the two
+    others by least squares in relative error (weights 1/t^2: thin kernels, which take
+    milliseconds, count as much as wide ones); the half-rate width of least residual."""
+    best = None
+    for half in [0.0] + [4 * 1.25 ** i for i in range(40)]:
+        unit = replace(CPU_RATES, peak_flops=1.0, half_width=half, call_s=0.0, activation_s=0.0,
+                       count_flops=None)
+        rows = [(kernel_seconds(c, w, unit), c.activations * w, t) for c, w, t in samples]
+        # Normal equations of min sum ((a x + b y - t) / t)^2 over (a, b) = (1 / peak, act_s).
+        xx = sum(x * x / t ** 2 for x, _, t in rows)
+        xy = sum(x * y / t ** 2 for x, y, t in rows)
+        yy = sum(y * y / t ** 2 for _, y, t in rows)
+        xt = sum(x / t for x, _, t in rows)
+        yt = sum(y / t for _, y, t in rows)
+        det = xx * yy - xy * xy
+        a, b = (yy * xt - xy * yt) / det, (xx * yt - xy * xt) / det
+        if b < 0:  # no pass through memory costs less than nothing: products alone
+            a, b = xt / xx, 0.0
+        residual = sum(((a * x + b * y) / t - 1) ** 2 for x, y, t in rows)
+        if a > 0 and (best is None or residual < best[0]):
+            best = (residual, 1 / a, half, b)
+    return best[1], best[2], best[3]
+
+
+def calibrate_kernel(args: argparse.Namespace) -> tuple[float, float, float, float, float]:
+    """(peak FLOP/s, half-rate width, seconds per pre-activation, cold seconds, shared rate)
+    of one thread's tile kernel, measured in one-thread actors: fit_kernel over off-diagonal
+    tiles of job_tile rows for several neuron counts and of half and twice as many rows at the
+    jobs' width; cold: the median over three fresh actors of their first tiles' seconds beyond
+    later ones, at the jobs' width; shared: that kernel's rate on one actor per core at once
+    against its rate alone (medians of three turns each, at most 1)."""
     import ray
 
     probe = ray.remote(num_cpus=1)(KernelProbe)
@@ -91,47 +119,43 @@ def calibrate_kernel(args: argparse.Namespace) -> tuple[float, float, float, flo
         ray.kill(actor)
     cold = max(0.0, statistics.median(colds))
     model = ModelConfig(mode=args.cal_mode, m=1024, k=args.k)
-    costs = [c for c in tile_costs(model, args.cal_d, 2 * args.job_tile, args.job_tile)
-             if not c.diagonal][0]
-    widths = [w for w in (2 ** i for i in range(4, 16)) if args.k <= w <= args.job_m]
-    actor = probe.remote(args.cal_mode, args.k, args.cal_d, args.job_tile)
-    seconds = ray.get(actor.kernel.remote(widths, args.kernel_rounds))
+    tile = args.job_tile
+    cases = [(w, tile) for w in (2 ** i for i in range(4, 16)) if args.k <= w <= args.job_m]
+    cases += [(args.job_m, tile // 2), (args.job_m, 2 * tile)]
+    actor = probe.remote(args.cal_mode, args.k, args.cal_d, tile)
+    seconds = ray.get(actor.kernel.remote(cases, args.kernel_rounds))
     ray.kill(actor)
-    # The widest kernel on one actor, then on one actor per core at once, in turn three
+    # The jobs' kernel on one actor, then on one actor per core at once, in turn three
     # times: the rate each keeps when every core is busy (at most the rate alone).
     cores = CPU_RATES.cores or 1
-    actors = [probe.remote(args.cal_mode, args.k, args.cal_d, args.job_tile)
-              for _ in range(cores)]
+    actors = [probe.remote(args.cal_mode, args.k, args.cal_d, tile) for _ in range(cores)]
     alone, together = [], []
+    job = [(args.job_m, tile)]
     for _ in range(3):
-        alone += ray.get(actors[0].kernel.remote(widths[-1:], args.kernel_rounds))
-        together += [s[0] for s in ray.get([a.kernel.remote(widths[-1:], args.kernel_rounds)
+        alone += ray.get(actors[0].kernel.remote(job, args.kernel_rounds))
+        together += [s[0] for s in ray.get([a.kernel.remote(job, args.kernel_rounds)
                                             for a in actors])]
     for a in actors:
         ray.kill(a)
     shared_rate = min(1.0, statistics.median(alone) / statistics.median(together))
-    # Least squares in relative error (weights 1/t^2): thin blocks, which take milliseconds,
-    # count as much as wide ones.
-    wts = [1 / t ** 2 for t in seconds]
-    sw = sum(wts)
-    mean_w = sum(c * w for c, w in zip(wts, widths)) / sw
-    mean_t = sum(c * t for c, t in zip(wts, seconds)) / sw
-    slope = (sum(c * (w - mean_w) * (t - mean_t) for c, w, t in zip(wts, widths, seconds))
-             / sum(c * (w - mean_w) ** 2 for c, w in zip(wts, widths)))
-    intercept = mean_t - slope * mean_w
-    peak = costs.per_neuron_flops / slope
-    half = max(0.0, (intercept * peak - costs.fixed_flops) / costs.per_neuron_flops)
-    print(f"kernel, a one-thread actor (neurons: seconds, median of {args.kernel_rounds} "
-          f"rounds; GFLOP/s):")
-    for w, t in zip(widths, seconds):
-        flops = costs.fixed_flops + costs.per_neuron_flops * w
-        model_s = (costs.fixed_flops + costs.per_neuron_flops * (w + half)) / peak
-        print(f"  {w:5d}: {t:.4f} s  {flops / t / 1e9:6.1f}  model {model_s:.4f} s")
-    print(f"  {widths[-1]:5d} alone, then on {cores} actors at once, three times: "
-          f"{spread(alone)} s, {spread(together)} s: {shared_rate:.2f} of the rate alone")
+    off = {t: next(c for c in tile_costs(model, args.cal_d, 2 * t, t) if not c.diagonal)
+           for _, t in cases}
+    samples = [(off[t], w, s) for (w, t), s in zip(cases, seconds)]
+    peak, half, act_s = fit_kernel(samples)
+    fitted = replace(CPU_RATES, peak_flops=peak, half_width=half, activation_s=act_s,
+                     call_s=0.0, count_flops=None)
+    print(f"kernel, a one-thread actor (off-diagonal tiles; seconds, median of "
+          f"{args.kernel_rounds} rounds):")
+    for (w, t), s in zip(cases, seconds):
+        model_s = kernel_seconds(off[t], w, fitted)
+        print(f"  {w:5d} neurons, {t:4d} rows: {s:.4f} s  model {model_s:.4f} s "
+              f"({100 * (model_s - s) / s:+.0f} %)")
+    print(f"  {args.job_m} neurons, {tile} rows, alone, then on {cores} actors at once, three "
+          f"times: {spread(alone)} s, {spread(together)} s: {shared_rate:.2f} of the rate "
+          f"alone")
     print(f"cold start, m={args.job_m}, three fresh actors: "
           f"{', '.join(f'{1e3 * c:.1f}' for c in colds)} ms")
-    return peak, half, cold, shared_rate
+    return peak, half, act_s, cold, shared_rate
 
 
 def calibrate_ray(args: argparse.Namespace) -> tuple[float, float]:
@@ -232,13 +256,13 @@ def calibrate(args: argparse.Namespace) -> None:
     load = os.getloadavg()[0]
     print(f"load average before: {load:.2f} (cores: {os.cpu_count()})")
     connect(None, min_cpus=max(args.workers))
-    peak, half, cold, shared_rate = calibrate_kernel(args)
+    peak, half, act_s, cold, shared_rate = calibrate_kernel(args)
     call, link = calibrate_ray(args)
     finish_s, finish_rate, store_rate, commit = calibrate_root(args)
     rates = replace(CPU_RATES, peak_flops=peak, half_width=half, call_s=call,
                     link_bytes_s=link, finish_flops=finish_rate, finish_s=finish_s,
                     store_bytes_s=store_rate, commit_s=commit, cold_s=cold,
-                    shared_rate=shared_rate)
+                    shared_rate=shared_rate, activation_s=act_s)
     print(f"calibrated: {rates}")
     model = {"mode": args.cal_mode, "m": args.job_m, "k": args.k}
     if args.cal_mode == "sketch_in":

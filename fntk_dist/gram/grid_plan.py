@@ -66,6 +66,11 @@ class Rates:
     # The kernel's rate on each actor while every core runs one, as a fraction of its rate
     # alone (the cores share caches and memory bandwidth). Measured on the CPU; 1 for GPUs.
     shared_rate: float = 1.0
+    # Seconds per pre-activation (a point and a neuron) a kernel forms beside its products: the
+    # passes of the pre-activation, its mask and its ReLU through memory, which no FLOP rate
+    # holds (they set how a CPU kernel's time grows with the tile). Measured on the CPU; 0 for
+    # the GPU figures, whose kernels fuse them into the products.
+    activation_s: float = 0.0
 
     def rate(self, width: float, counts: bool = False) -> float:
         """FLOP/s of a kernel whose neuron blocks hold `width` neurons (counts: of its mask
@@ -75,17 +80,19 @@ class Rates:
 
 
 # Calibrated on this project's 2-core CPU VM (AVX-512), one thread per actor, float64 net, on
-# 2026-11-27 at 10:59 (load average 2.0 before: the calibrations run just before it):
+# 2026-11-27 at 11:10 (load average 0.23 before):
 #   .venv/bin/python tools/scaling_model.py --calibrate
-# (kernel rate vs neurons per block: span_partial on a 512 x 512 tile in a one-thread actor,
-# alone and one actor per core at once; cold start: the first two tiles of fresh actors beyond
-# later ones; call and link: Ray calls returning nothing and a 2 MB GramPartial sum; finish
-# and store: finish_span of 256 and 512 row tiles, stage_tile of the 512 one; commit:
-# TileStore.commit of a staged tile).
-CPU_RATES = Rates(name="cpu", peak_flops=106e9, half_width=248.0, link_bytes_s=7.0e8,
-                  call_s=0.82e-3, cores=os.cpu_count() or 1, finish_flops=24.6e9,
-                  finish_s=1.4e-4, store_bytes_s=6.1e8, commit_s=1.64e-3, cold_s=0.030,
-                  shared_rate=0.92)
+# (kernel: span_partial in a one-thread actor on off-diagonal tiles of 512 rows for 32 to 8192
+# neurons and of 256 and 1024 rows for 8192, fitted: peak and half-rate width of its products,
+# seconds per pre-activation; that kernel alone and one actor per core at once; cold start: the
+# first two tiles of fresh actors beyond later ones; call and link: Ray calls returning nothing
+# and a 2 MB GramPartial sum; finish and store: finish_span of 256 and 512 row tiles,
+# stage_tile of the 512 one; commit: TileStore.commit of a staged tile). The products' fitted
+# peak is an effective one: the 0/1 mask products run in float32.
+CPU_RATES = Rates(name="cpu", peak_flops=304e9, half_width=847.0, link_bytes_s=8.5e8,
+                  call_s=0.71e-3, cores=os.cpu_count() or 1, finish_flops=37.8e9,
+                  finish_s=2.1e-4, store_bytes_s=6.3e8, commit_s=2.07e-3, cold_s=0.0375,
+                  shared_rate=0.95, activation_s=3.36e-9)
 
 
 def h100_rates(dtype: str = "float32", link_bytes_s: float = 25e9,
@@ -139,6 +146,7 @@ class TileCosts:
     finish_flops: float
     partial_bytes: float
     tile_bytes: float
+    activations: float  # pre-activations per neuron: rows + cols (rows on the diagonal)
 
 
 def _with_last_width(model: ModelConfig, m: int) -> ModelConfig:
@@ -176,7 +184,7 @@ def tile_costs(model: ModelConfig, d: int, n: int, tile: int,
                              float(2 * rows * cols * squares), float(2 * rows * cols * masks),
                              _finish_flops(net, rows, cols, flops_m - per_neuron * m),
                              _partial_bytes(net, rows, cols, diag),
-                             float(rows * cols * elem)))
+                             float(rows * cols * elem), float(rows if diag else rows + cols)))
     return out
 
 
@@ -205,6 +213,26 @@ def _finish_flops(net: Network, rows: int, cols: int, features: float) -> float:
     return float(max(flops, rows * cols))
 
 
+def kernel_seconds(c: TileCosts, shard: int, rates: Rates, block: int | None = None) -> float:
+    """One actor's seconds on one tile of shape c over `shard` neurons: the call, the FLOPs it
+    repeats, its products at the rate of its neuron blocks (block, else the device's default)
+    and its pre-activations' passes."""
+    if block is not None:
+        inner = min(shard, block)
+    elif rates.gpu:
+        inner = shard
+    else:
+        inner = min(shard, default_block(_Neurons(shard), c.rows + c.cols))
+    per_neuron, counted = c.per_neuron_flops, c.count_flops
+    if c.diagonal and not rates.gpu:  # gram_terms.symmetric_blocks: the upper blocks only
+        cut = 1.0 - symmetric_share(c.rows)
+        per_neuron, counted = per_neuron - cut * c.square_flops, counted * (1.0 - cut)
+    return (rates.call_s + c.fixed_flops / rates.peak_flops
+            + (per_neuron - counted) * shard / rates.rate(inner)
+            + counted * shard / rates.rate(inner, counts=True)
+            + c.activations * shard * rates.activation_s)
+
+
 def predict(costs: list[TileCosts], m: int, width: int, rows: int, rates: Rates,
             block: int | None = None) -> Prediction:
     """One sweep of the tiles `costs` on `width` x `rows` actors (efficiency left 0: see
@@ -216,19 +244,7 @@ def predict(costs: list[TileCosts], m: int, width: int, rows: int, rates: Rates,
     kernel = root = comm = driver = moved = 0.0
     slow = 1.0 / rates.shared_rate if rates.cores is not None and width * rows > 1 else 1.0
     for c in costs:
-        if block is not None:
-            inner = min(shard, block)
-        elif rates.gpu:
-            inner = shard
-        else:
-            inner = min(shard, default_block(_Neurons(shard), c.rows + c.cols))
-        per_neuron, counted = c.per_neuron_flops, c.count_flops
-        if c.diagonal and not rates.gpu:  # gram_terms.symmetric_blocks: the upper blocks only
-            cut = 1.0 - symmetric_share(c.rows)
-            per_neuron, counted = per_neuron - cut * c.square_flops, counted * (1.0 - cut)
-        seconds = (rates.call_s + c.fixed_flops / rates.peak_flops
-                   + (per_neuron - counted) * shard / rates.rate(inner)
-                   + counted * shard / rates.rate(inner, counts=True))
+        seconds = kernel_seconds(c, shard, rates, block)
         send = rates.call_s + c.partial_bytes / rates.link_bytes_s
         store = c.tile_bytes / rates.store_bytes_s
         finishing = rates.finish_s + c.finish_flops / rates.finish_flops

@@ -18,6 +18,7 @@ from fntk_dist.gram.grid_plan import (
     CPU_RATES,
     choose_grid,
     factor_pairs,
+    kernel_seconds,
     plan,
     plan_rows,
     predict,
@@ -93,7 +94,7 @@ def test_the_prediction_follows_the_rates():
     costs = tile_costs(cfg.model, 32, 256, 256)
     free = replace(CPU_RATES, link_bytes_s=float("inf"), call_s=0.0, cores=None,
                    finish_s=0.0, finish_flops=float("inf"), half_width=0.0,
-                   store_bytes_s=float("inf"), commit_s=0.0, cold_s=0.0)
+                   store_bytes_s=float("inf"), commit_s=0.0, cold_s=0.0, activation_s=0.0)
     one, four = predict(costs, 4096, 1, 1, free), predict(costs, 4096, 4, 1, free)
     c = costs[0]
     # One diagonal tile: on the CPU its rows x cols products are formed from their upper
@@ -111,6 +112,21 @@ def test_the_prediction_follows_the_rates():
     slow_driver = replace(free, commit_s=100.0)
     times = [p.total_s for p in plan(cfg.model, 256, 32, 256, 4, slow_driver)]
     assert times == pytest.approx([100.0] * 3, rel=1e-3)
+
+
+def test_pre_activations_cost_their_passes():
+    """kernel_seconds adds activation_s per pre-activation: rows + cols of an off-diagonal
+    tile's points per neuron, the rows alone on the diagonal (x2 is x1)."""
+    cfg = run_config(m=4096)
+    diag, off = tile_costs(cfg.model, 32, 512, 256)
+    assert diag.diagonal and not off.diagonal
+    assert (diag.activations, off.activations) == (256, 512)
+    base = replace(CPU_RATES, activation_s=0.0)
+    for c in (diag, off):
+        for shard in (64, 4096):
+            extra = kernel_seconds(c, shard, replace(base, activation_s=1e-9)) \
+                - kernel_seconds(c, shard, base)
+            assert extra == pytest.approx(c.activations * shard * 1e-9)
 
 
 def test_cold_starts_and_shared_cores():
