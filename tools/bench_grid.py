@@ -9,7 +9,8 @@ interleaved, --repeats times:
   thin: n = 4096 points, m = 1024 neurons, k = 32, tiles of 1024 rows (10 tiles);
   wide: n = 1024 points, m = 16384 neurons, k = 32, one tile of 1024 rows.
 It prints each layout's tile seconds (the job's `seconds`: tile work, actors already up), median
-[min-max], the speedup of the better 2-actor shape over 1 actor (target >= 1.8x), and whether
+[min-max], beside the grid plan's prediction (CPU_RATES), the speedup of the better 2-actor
+shape over 1 actor (target >= 1.8x), measured and predicted, and whether
 fntk_dist.gram.grid_plan.choose_grid picks the shape that measured faster. Run it when the
 machine is otherwise idle: it prints the load average before and after.
 """
@@ -27,7 +28,7 @@ from cpu_calibration import job_config, run_job  # noqa: E402
 from timing import spread  # noqa: E402
 
 from fntk_dist.distributed.cluster import connect  # noqa: E402
-from fntk_dist.gram.grid_plan import choose_grid  # noqa: E402
+from fntk_dist.gram.grid_plan import CPU_RATES, choose_grid, predict, tile_costs  # noqa: E402
 
 CASES = {  # name: (n, m, tile)
     "thin": (4096, 1024, 1024),
@@ -58,15 +59,19 @@ def main() -> None:
     for case, (n, m, tile) in CASES.items():
         print(f"\n{case}: n={n} m={m} k={args.k} d={args.d} tile={tile}, sketch_in, float64, "
               f"{args.repeats} repeats")
+        cfg = job_config({**model, "m": m}, n, args.d, tile, 2)
+        costs = tile_costs(cfg.model, args.d, n, tile)
+        predicted = {name: predict(costs, m, *grid, CPU_RATES).total_s
+                     for name, grid in LAYOUTS.items()}
         for name in LAYOUTS:
-            print(f"  {name:>16}: {spread(seconds[case, name])} s")
+            print(f"  {name:>16}: {spread(seconds[case, name])} s; predicted "
+                  f"{predicted[name]:.4f} s")
         med = {name: statistics.median(seconds[case, name]) for name in LAYOUTS}
         faster = min(("2x1 width split", "1x2 row split"), key=med.get)
-        cfg = job_config({**model, "m": m}, n, args.d, tile, 2)
         chosen = choose_grid(cfg, n, args.d, tile, 2)
         chosen_name = next(name for name, grid in LAYOUTS.items() if grid == chosen)
         print(f"  speedup of the {faster} over 1 actor: {med['1 actor'] / med[faster]:.2f}x "
-              f"(target >= 1.8x)")
+              f"(target >= 1.8x); predicted {predicted['1 actor'] / predicted[faster]:.2f}x")
         print(f"  choose_grid: {chosen[0]}x{chosen[1]} ({chosen_name}); measured faster: "
               f"{faster}: {'agrees' if chosen_name == faster else 'DISAGREES'}")
 
