@@ -7,19 +7,22 @@ per block and against the tile's rows (fitted: peak, half-rate width and seconds
 pre-activation), the jobs' kernel again on one actor per core at once (the rate each keeps
 then), the first tiles of fresh actors beyond later ones (cold start), a Ray call's overhead and
 the bytes/s of a partial returned by an actor, a root's finish of a tile, the bytes/s of writing
-a tile file and the driver's commit of one. The jobs run interleaved, --repeats times, on one
-embedded Ray cluster; measured: median [min-max] of each job's tile seconds.
+a tile file and the driver's commit of one against its bytes. The jobs run interleaved,
+--repeats times, on one embedded Ray cluster; measured: median [min-max] of each job's tile
+seconds.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from timing import spread, wall_times
 
@@ -186,9 +189,11 @@ def calibrate_ray(args: argparse.Namespace) -> tuple[float, float]:
     return call, nbytes / max(moved - call, 1e-9)
 
 
-def calibrate_root(args: argparse.Namespace) -> tuple[float, float, float, float]:
+def calibrate_root(args: argparse.Namespace) -> tuple[float, float, float, float, float]:
     """(seconds per tile, FLOP/s) of a root's finish (finish_span, fitted on two tile sizes),
-    bytes/s of staging a tile file beside a store, and seconds of the driver's commit."""
+    bytes/s of staging a tile file beside a store (those two sizes), and (seconds, bytes/s) of
+    the driver's commit, fitted over them and a tile of four times the rows (its journal's
+    fsync writes the staged tile to disk first)."""
     from fntk_dist.gram.executor import finish_span, span_partial
     from fntk_dist.gram.grid_plan import _finish_flops
     from fntk_dist.gram.tile_file import warm_up
@@ -199,30 +204,40 @@ def calibrate_root(args: argparse.Namespace) -> tuple[float, float, float, float
     net = model.build(args.cal_d)
     points, stored, commits = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
-        for tile in (args.job_tile // 2, args.job_tile):
-            x = torch.randn(2 * tile, args.cal_d, dtype=torch.float64)
-            span = ((0, tile), (tile, 2 * tile))
-            part = span_partial(net, x, span, None)
-            flops = _finish_flops(net, tile, tile, tile_costs(
-                model, args.cal_d, 2 * tile, tile)[0].fixed_flops)
+        for tile in (args.job_tile // 2, args.job_tile, 4 * args.job_tile):
             store = TileStore.create_or_open(Path(tmp) / f"s{tile}", config_hash="calibrate",
                                              n=2 * tile, tile=tile)
-            away = store.target(0, 1, reachable=False)  # the finish alone, no file
-            seconds = _median_seconds(
-                lambda part=part, x=x, span=span, away=away: finish_span(net, x, part, span,
-                                                                           away), 5)
-            points.append((flops, seconds))
-            block = finish_span(net, x, part, span, away)
-            for _ in range(5):  # the tile file (its own rate: bytes), then the driver's commit
+            block = np.full((tile, tile), 0.5)
+            if tile <= args.job_tile:
+                x = torch.randn(2 * tile, args.cal_d, dtype=torch.float64)
+                span = ((0, tile), (tile, 2 * tile))
+                part = span_partial(net, x, span, None)
+                flops = _finish_flops(net, tile, tile, tile_costs(
+                    model, args.cal_d, 2 * tile, tile)[0].fixed_flops)
+                away = store.target(0, 1, reachable=False)  # the finish alone, no file
+                seconds = _median_seconds(
+                    lambda part=part, x=x, span=span, away=away: finish_span(
+                        net, x, part, span, away), 5)
+                points.append((flops, seconds))
+            for key in ((0, 0), (0, 1), (1, 1)):  # the file (its own rate: bytes), the commit
                 t0 = time.perf_counter()
-                staged = stage_tile(store.target(0, 1), block)
+                staged = stage_tile(store.target(*key), block)
                 t1 = time.perf_counter()
-                store.commit(0, 1, staged)
-                stored.append(staged.bytes / (t1 - t0))
-                commits.append(time.perf_counter() - t1)
+                store.commit(*key, staged)
+                if tile <= args.job_tile:
+                    stored.append(staged.bytes / (t1 - t0))
+                commits.append((staged.bytes, time.perf_counter() - t1))
     (f1, t1), (f2, t2) = points
     rate = (f2 - f1) / max(t2 - t1, 1e-9)
-    return max(0.0, t1 - f1 / rate), rate, statistics.median(stored), statistics.median(commits)
+    # commit = commit_s + bytes / flush, least squares over the three sizes
+    mean_b = statistics.fmean(b for b, _ in commits)
+    mean_t = statistics.fmean(t for _, t in commits)
+    slope = (sum((b - mean_b) * (t - mean_t) for b, t in commits)
+             / sum((b - mean_b) ** 2 for b, _ in commits))
+    flush = 1 / slope if slope > 0 else math.inf
+    commit = max(0.0, mean_t - slope * mean_b) if slope > 0 else statistics.median(
+        t for _, t in commits)
+    return (max(0.0, t1 - f1 / rate), rate, statistics.median(stored), commit, flush)
 
 
 def job_config(model: dict, n: int, d: int, tile: int, workers: int,
@@ -258,11 +273,11 @@ def calibrate(args: argparse.Namespace) -> None:
     connect(None, min_cpus=max(args.workers))
     peak, half, act_s, cold, shared_rate = calibrate_kernel(args)
     call, link = calibrate_ray(args)
-    finish_s, finish_rate, store_rate, commit = calibrate_root(args)
+    finish_s, finish_rate, store_rate, commit, flush = calibrate_root(args)
     rates = replace(CPU_RATES, peak_flops=peak, half_width=half, call_s=call,
                     link_bytes_s=link, finish_flops=finish_rate, finish_s=finish_s,
                     store_bytes_s=store_rate, commit_s=commit, cold_s=cold,
-                    shared_rate=shared_rate, activation_s=act_s)
+                    shared_rate=shared_rate, activation_s=act_s, flush_bytes_s=flush)
     print(f"calibrated: {rates}")
     model = {"mode": args.cal_mode, "m": args.job_m, "k": args.k}
     if args.cal_mode == "sketch_in":

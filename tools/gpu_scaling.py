@@ -9,7 +9,8 @@ host's CPU and is not part of the grid model). Two predictions per job:
 - stated: the rates `fntk gram --plan` uses (h100_rates on CUDA: datasheet peaks, a guessed
   2 GB/s tile-file rate; CPU_RATES on a CPU);
 - measured: the same with this run's GEMM peaks (the net's dtype; bf16 for the 0/1 mask
-  products on CUDA) and the bytes/s of staging one of the job's tiles measured here.
+  products on CUDA), the bytes/s of staging one of the job's tiles and the bytes/s at which
+  its commit writes it to disk, measured here.
 
 Each row also times the tiles' compute alone (partial, finish, copy to the host, no file) so
 that the job's seconds split into compute and storing.
@@ -73,23 +74,40 @@ def _timed(fn: Callable[[], object], repeats: int,
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times)}
 
 
-def store_rate(tile: int, dtype: str, repeats: int) -> float:
-    """Bytes/s of staging a tile x tile tile file (encode, hash, write), as a root does
-    (the cost does not depend on the values)."""
+def file_rates(tile: int, dtype: str, repeats: int, commit_s: float) -> tuple[float, float]:
+    """(bytes/s of staging a tile x tile tile file: encode, hash, write, as a root does;
+    bytes/s at which the driver's commit of it writes it to disk beyond commit_s: its
+    journal's fsync), each staged as a new tile of the store, as a job's are; the cost
+    depends on the bytes, not the values."""
     block = np.full((tile, tile), 0.5, dtype=dtype)
+    stage, commit = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        store = _store(Path(tmp), tile, tile, dtype)
-        t = _timed(lambda: stage_tile(store.target(0, 0), block), repeats,
-                   store.remove_temporaries)
-    return block.nbytes / t["median_s"]
+        store = _store(Path(tmp), tile * (repeats + 1), tile, dtype)
+        for i in range(repeats + 1):  # the first call warms up
+            t0 = time.perf_counter()
+            staged = stage_tile(store.target(i, i), block)
+            t1 = time.perf_counter()
+            store.commit(i, i, staged)
+            stage.append(t1 - t0)
+            commit.append(time.perf_counter() - t1)
+    flush = statistics.median(commit[1:]) - commit_s
+    return (block.nbytes / statistics.median(stage[1:]),
+            block.nbytes / flush if flush > 0 else math.inf)
 
 
 def _predicted(cfg: RunConfig, n: int, tile: int, rates: Rates) -> dict:
-    """The model's seconds for one actor: all, and without writing the tile files."""
+    """The model's seconds for one actor, all and without writing the tile files, as the
+    one-device job runs its tiles: computed, staged and committed by one process in series
+    (no driver beside a root to commit one tile while the next is computed)."""
     costs = tile_costs(cfg.model, cfg.data.d, n, tile)
-    total = predict(costs, cfg.model.m, 1, 1, rates).total_s
-    compute = predict(costs, cfg.model.m, 1, 1, replace(rates, store_bytes_s=math.inf)).total_s
-    return {"s": total, "compute_s": compute}
+
+    def serial(r: Rates) -> float:
+        p = predict(costs, cfg.model.m, 1, 1, r)
+        return p.compute_s + p.comm_s + p.driver_s
+
+    return {"s": serial(rates),
+            "compute_s": serial(replace(rates, store_bytes_s=math.inf,
+                                        flush_bytes_s=math.inf))}
 
 
 def _job_times(cfg: RunConfig, x: torch.Tensor, device: torch.device, repeats: int
@@ -132,12 +150,14 @@ def scaling_runs(size: dict, small: bool, device: torch.device, peak: dict, repe
                                             device, repeats)
         stated = h100_rates(dtype) if device.type == "cuda" else CPU_RATES
         flops = peak[dtype]["tflops"] * 1e12
+        stage, flush = file_rates(tile, dtype, repeats, stated.commit_s)
         here = replace(stated, peak_flops=flops, finish_flops=flops,
                        count_flops=peak["bf16"]["tflops"] * 1e12 if stated.count_flops else None,
-                       store_bytes_s=store_rate(tile, dtype, repeats))
+                       store_bytes_s=stage, flush_bytes_s=flush)
         out.append({"mode": "sketch_in", "n": n, "tile": tile, "tiles": tiles, "dtype": dtype,
                     "m": size["m"], "d": size["d"], "k": size["k"], **measured,
                     "compute_s": alone["median_s"], "store_bytes_s": here.store_bytes_s,
+                    "flush_bytes_s": here.flush_bytes_s,
                     "stated_rates": stated.name,
                     "predicted_stated": _predicted(cfg, n, tile, stated),
                     "predicted_measured": _predicted(cfg, n, tile, here)})
@@ -145,18 +165,22 @@ def scaling_runs(size: dict, small: bool, device: torch.device, peak: dict, repe
 
 
 def markdown(rows: list) -> list[str]:
-    """The section's lines: measured against both predictions, all and compute alone."""
+    """The section's lines: measured against both predictions, all and compute alone (and the
+    commit's write to disk, in reports that measured it)."""
+    flush = all("flush_bytes_s" in r for r in rows)
     lines = ["", "| one-device `fntk gram` tiles | dtype | tiles | seconds | of which compute "
              "| predicted, stated rates (compute) | error | predicted, measured rates (compute) "
-             "| error | tile file GB/s |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| error | tile file GB/s |" + (" commit's write GB/s |" if flush else ""),
+             "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if flush else "")]
     for r in rows:
         cells = []
         for key in ("predicted_stated", "predicted_measured"):
             p = r[key]
             cells += [f"{p['s']:.4g} ({p['compute_s']:.4g})",
                       f"{100 * (p['s'] - r['median_s']) / r['median_s']:+.0f}%"]
+        extra = f" {r['flush_bytes_s'] / 1e9:.3g} |" if flush else ""
         lines.append(f"| {r['mode']} n={r['n']} tile={r['tile']} m={r['m']} d={r['d']} "
                      f"k={r['k']} | {r['dtype']} | {r['tiles']} | {r['median_s']:.4g} "
                      f"[{r['min_s']:.4g}, {r['max_s']:.4g}] | {r['compute_s']:.4g} | "
-                     f"{' | '.join(cells)} | {r['store_bytes_s'] / 1e9:.3g} |")
+                     f"{' | '.join(cells)} | {r['store_bytes_s'] / 1e9:.3g} |{extra}")
     return lines

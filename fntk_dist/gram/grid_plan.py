@@ -14,7 +14,10 @@ The cost of a tile is the net's own count (Network.gram_flops), split into the p
 actor repeats (each point's features and the layers below the last) and the part spread over
 the neurons: gram_flops is affine in the last layer's width m, so two widths give both. A
 kernel over few neurons runs below its peak: rate(w) = peak * w / (w + half_width) for w
-neurons per block.
+neurons per block; and each pre-activation it forms costs activation_s beside its products
+(passes through memory, which no FLOP count holds). A fresh actor's first tiles cost cold_s
+more, actors sharing a host's cores run at shared_rate of their lone rate, and a commit writes
+its tile to disk (flush_bytes_s).
 
 No Ray here: the plan is arithmetic on the config, so `fntk gram --plan` starts nothing.
 """
@@ -71,6 +74,10 @@ class Rates:
     # holds (they set how a CPU kernel's time grows with the tile). Measured on the CPU; 0 for
     # the GPU figures, whose kernels fuse them into the products.
     activation_s: float = 0.0
+    # Bytes/s at which the driver's commit writes the tile file it stores to disk: the
+    # journal line's fsync makes the filesystem (ext4, data=ordered) write the tile's data
+    # first, so a commit costs commit_s + tile bytes / this. inf: not measured.
+    flush_bytes_s: float = math.inf
 
     def rate(self, width: float, counts: bool = False) -> float:
         """FLOP/s of a kernel whose neuron blocks hold `width` neurons (counts: of its mask
@@ -80,19 +87,20 @@ class Rates:
 
 
 # Calibrated on this project's 2-core CPU VM (AVX-512), one thread per actor, float64 net, on
-# 2026-11-27 at 11:10 (load average 0.23 before):
+# 2026-11-27 at 11:49 (load average 0.29 before):
 #   .venv/bin/python tools/scaling_model.py --calibrate
 # (kernel: span_partial in a one-thread actor on off-diagonal tiles of 512 rows for 32 to 8192
 # neurons and of 256 and 1024 rows for 8192, fitted: peak and half-rate width of its products,
 # seconds per pre-activation; that kernel alone and one actor per core at once; cold start: the
 # first two tiles of fresh actors beyond later ones; call and link: Ray calls returning nothing
 # and a 2 MB GramPartial sum; finish and store: finish_span of 256 and 512 row tiles,
-# stage_tile of the 512 one; commit: TileStore.commit of a staged tile). The products' fitted
-# peak is an effective one: the 0/1 mask products run in float32.
-CPU_RATES = Rates(name="cpu", peak_flops=304e9, half_width=847.0, link_bytes_s=8.5e8,
-                  call_s=0.71e-3, cores=os.cpu_count() or 1, finish_flops=37.8e9,
-                  finish_s=2.1e-4, store_bytes_s=6.3e8, commit_s=2.07e-3, cold_s=0.0375,
-                  shared_rate=0.95, activation_s=3.36e-9)
+# stage_tile of both; commit and its write to disk: TileStore.commit of staged 0.5, 2 and
+# 32 MB tiles). The products' fitted peak is an effective one: the 0/1 mask products run in
+# float32.
+CPU_RATES = Rates(name="cpu", peak_flops=317e9, half_width=847.0, link_bytes_s=6.9e8,
+                  call_s=0.80e-3, cores=os.cpu_count() or 1, finish_flops=31.6e9,
+                  finish_s=3.6e-4, store_bytes_s=5.0e8, commit_s=1.0e-3, cold_s=0.041,
+                  shared_rate=0.97, activation_s=3.71e-9, flush_bytes_s=1.82e9)
 
 
 def h100_rates(dtype: str = "float32", link_bytes_s: float = 25e9,
@@ -251,7 +259,7 @@ def predict(costs: list[TileCosts], m: int, width: int, rows: int, rates: Rates,
         kernel += c.count * seconds * slow
         comm += c.count * levels * send
         moved += c.count * c.partial_bytes * (width > 1)
-        driver += c.count * rates.commit_s
+        driver += c.count * (rates.commit_s + c.tile_bytes / rates.flush_bytes_s)
         if rates.shared_store:
             root += c.count * (finishing + store)
         else:  # the root sends the finished tile, the driver writes it

@@ -117,12 +117,14 @@ def test_bench_gpu_runs_its_code_path_on_the_cpu(tmp_path):
         (256, 1, "float32"), (512, 10, "float32"), (256, 1, "float64")]
     for s in report["scaling"]:
         assert 0 < s["compute_s"] and 0 < s["median_s"] and s["store_bytes_s"] > 0
+        assert s["flush_bytes_s"] > 0  # a commit's write of its tile (inf: none measured)
         assert s["stated_rates"] == "cpu"
         for p in (s["predicted_stated"], s["predicted_measured"]):
             assert 0 < p["compute_s"] < p["s"]  # writing the tile files costs something
     text = (out / "report.md").read_text()
     assert text.startswith("# GPU check: CPU") and "| dense n=256 m=2048 d=64 | float64 |" in text
     assert "| sketch_in n=512 tile=128 m=2048 d=64 k=16 | float32 | 10 |" in text
+    assert "commit's write GB/s |" in text
     # --render remakes the Markdown from the JSON alone (how docs/gpu is regenerated).
     again = subprocess.run([*cmd[:2], "--render", str(out / "report.json")], capture_output=True,
                            text=True, timeout=120, cwd=ROOT)

@@ -165,11 +165,14 @@ def test_tiles_stored_by_the_roots_or_sent_to_the_driver():
     cfg = run_config(m=64)
     costs = tile_costs(cfg.model, 32, 4096, 256)  # 136 tiles of 0.5 MB
     tiles = sum(c.count for c in costs)
-    slow = replace(CPU_RATES, cores=None, store_bytes_s=1e6)
+    slow = replace(CPU_RATES, cores=None, store_bytes_s=1e6, flush_bytes_s=float("inf"))
     shared = predict(costs, 64, 1, 4, slow)
     sent = predict(costs, 64, 1, 4, replace(slow, shared_store=False))
     store_all = sum(c.count * c.tile_bytes for c in costs) / slow.store_bytes_s
     assert shared.driver_s == pytest.approx(tiles * slow.commit_s)
+    # A commit whose journal's fsync writes the tile to disk first: its bytes too.
+    flushed = predict(costs, 64, 1, 4, replace(slow, flush_bytes_s=2e6))
+    assert flushed.driver_s == pytest.approx(tiles * slow.commit_s + store_all / 2)
     assert shared.total_s < store_all / 3  # four roots write at once
     assert sent.driver_s > store_all and sent.total_s > store_all
 
