@@ -87,7 +87,7 @@ class Rates:
 
 
 # Calibrated on this project's 2-core CPU VM (AVX-512), one thread per actor, float64 net, on
-# 2026-11-27 at 11:49 (load average 0.29 before):
+# 2026-11-27 at 11:49 (load average 0.35 before):
 #   .venv/bin/python tools/scaling_model.py --calibrate
 # (kernel: span_partial in a one-thread actor on off-diagonal tiles of 512 rows for 32 to 8192
 # neurons and of 256 and 1024 rows for 8192, fitted: peak and half-rate width of its products,
