@@ -24,11 +24,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from gpu_scaling import stage_and_commit
 from timing import spread, wall_times
 
 from fntk_dist.config import build_config
 from fntk_dist.gram.grid_plan import CPU_RATES, TileCosts, kernel_seconds, predict, tile_costs
-from fntk_dist.gram.tile_file import stage_tile
 from fntk_dist.models.config import ModelConfig
 
 
@@ -102,6 +102,9 @@ def fit_kernel(samples: list[tuple[TileCosts, int, float]]) -> tuple[float, floa
         residual = sum(((a * x + b * y) / t - 1) ** 2 for x, y, t in rows)
         if a > 0 and (best is None or residual < best[0]):
             best = (residual, 1 / a, half, b)
+    if best is None:
+        raise SystemExit("cpu_calibration: no positive kernel rate fits the measured seconds "
+                         f"{[round(t, 6) for _, _, t in samples]}")
     return best[1], best[2], best[3]
 
 
@@ -219,14 +222,11 @@ def calibrate_root(args: argparse.Namespace) -> tuple[float, float, float, float
                     lambda part=part, x=x, span=span, away=away: finish_span(
                         net, x, part, span, away), 5)
                 points.append((flops, seconds))
-            for key in ((0, 0), (0, 1), (1, 1)):  # the file (its own rate: bytes), the commit
-                t0 = time.perf_counter()
-                staged = stage_tile(store.target(*key), block)
-                t1 = time.perf_counter()
-                store.commit(*key, staged)
+            # The file (its own rate: bytes), then the driver's commit of it.
+            for stage_s, commit_s in stage_and_commit(store, [(0, 0), (0, 1), (1, 1)], block):
                 if tile <= args.job_tile:
-                    stored.append(staged.bytes / (t1 - t0))
-                commits.append((staged.bytes, time.perf_counter() - t1))
+                    stored.append(block.nbytes / stage_s)
+                commits.append((block.nbytes, commit_s))
     (f1, t1), (f2, t2) = points
     rate = (f2 - f1) / max(t2 - t1, 1e-9)
     # commit = commit_s + bytes / flush, least squares over the three sizes

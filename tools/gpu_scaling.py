@@ -6,8 +6,8 @@ finish on the device, its file staged (Arrow IPC, hashed) and committed by fntk_
 .write_tiles, as `fntk gram` runs it; the spectrum after the tiles is not timed (it runs on the
 host's CPU and is not part of the grid model). Two predictions per job:
 
-- stated: the rates `fntk gram --plan` uses (h100_rates on CUDA: datasheet peaks, a guessed
-  2 GB/s tile-file rate; CPU_RATES on a CPU);
+- stated: the rates `fntk gram --plan` uses (h100_rates on CUDA: datasheet peaks, tile files
+  at 1 GB/s; CPU_RATES on a CPU);
 - measured: the same with this run's GEMM peaks (the net's dtype; bf16 for the 0/1 mask
   products on CUDA), the bytes/s of staging one of the job's tiles and the bytes/s at which
   its commit writes it to disk, measured here.
@@ -74,24 +74,33 @@ def _timed(fn: Callable[[], object], repeats: int,
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times)}
 
 
+def stage_and_commit(store: TileStore, keys: list[tuple[int, int]], block: np.ndarray
+                     ) -> list[tuple[float, float]]:
+    """(seconds staging, seconds committing) of `block` stored as each new tile of `keys`, as
+    a job stores its tiles: a root stages the file, the driver commits it (a rename and a
+    fsynced journal line, which makes ext4 write the staged file first)."""
+    out = []
+    for key in keys:
+        t0 = time.perf_counter()
+        staged = stage_tile(store.target(*key), block)
+        t1 = time.perf_counter()
+        store.commit(*key, staged)
+        out.append((t1 - t0, time.perf_counter() - t1))
+    return out
+
+
 def file_rates(tile: int, dtype: str, repeats: int, commit_s: float) -> tuple[float, float]:
     """(bytes/s of staging a tile x tile tile file: encode, hash, write, as a root does;
-    bytes/s at which the driver's commit of it writes it to disk beyond commit_s: its
-    journal's fsync), each staged as a new tile of the store, as a job's are; the cost
-    depends on the bytes, not the values."""
+    bytes/s at which the driver's commit of it writes it to disk beyond commit_s), each
+    staged as a new tile of the store, as a job's are; the cost depends on the bytes, not the
+    values."""
     block = np.full((tile, tile), 0.5, dtype=dtype)
-    stage, commit = [], []
     with tempfile.TemporaryDirectory() as tmp:
         store = _store(Path(tmp), tile * (repeats + 1), tile, dtype)
-        for i in range(repeats + 1):  # the first call warms up
-            t0 = time.perf_counter()
-            staged = stage_tile(store.target(i, i), block)
-            t1 = time.perf_counter()
-            store.commit(i, i, staged)
-            stage.append(t1 - t0)
-            commit.append(time.perf_counter() - t1)
-    flush = statistics.median(commit[1:]) - commit_s
-    return (block.nbytes / statistics.median(stage[1:]),
+        # The first call warms up.
+        times = stage_and_commit(store, [(i, i) for i in range(repeats + 1)], block)[1:]
+    flush = statistics.median(c for _, c in times) - commit_s
+    return (block.nbytes / statistics.median(s for s, _ in times),
             block.nbytes / flush if flush > 0 else math.inf)
 
 
