@@ -1,5 +1,6 @@
 """Benchmark of `fntk regress`: the exact NTK mat-vec against this machine's float64 GEMM peak,
-1 against 2 width-shard workers, and CG iterations with and without the Nystrom preconditioner.
+the mat-vec and the preconditioner's columns on Ray grids, and CG iterations with and without
+the Nystrom preconditioner.
 
     python tools/bench_regress.py [--n 20000 --m 4096 --k 32 --d 256 --repeats 3]
                                   [--cg-n 2048 --cg-m 1024 --rank 256 --ridge 1e-3] [--threads T]
@@ -12,8 +13,9 @@ with SRHT, m = 4096, k = 32, float64; then lowrank and dense at the same m, k). 
 the GEMMs of one mat-vec without the recomputed pre-activations (matvec_flops), against
 torch.mm of two 2048 x 2048 float64 matrices timed in the same run (before and after). CG: the
 sketch_in net at width cg-m on cg-n points (one data seed per repeat), relative residual 1e-6,
-preconditioned (rank columns) and plain; iterations and seconds, median [min-max]. Ray
-workers are actors of one CPU each (one torch thread).
+preconditioned (rank columns) and plain; iterations and seconds, median [min-max]. Ray: 1
+actor, the 2 x 1 width split and the 1 x 2 row split (actors of one CPU and one torch thread
+each), the mat-vec and the rank columns H(X, X_S) timed on each, interleaved.
 """
 
 from __future__ import annotations
@@ -62,14 +64,10 @@ def raw_config(args: argparse.Namespace, n: int, data_seed: int = 0, m: int | No
             "tracking": {"wandb": False}}
 
 
-def time_matvecs(op, v: torch.Tensor, repeats: int) -> list[float]:
-    op.matvec(v)  # warm-up
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        op.matvec(v)
-        out.append(time.perf_counter() - t0)
-    return out
+def seconds(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
 def old_matvec(net: Network, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -121,7 +119,7 @@ def main() -> None:
     ap.add_argument("--ridge", type=float, default=1e-3)
     ap.add_argument("--cg-m", type=int, default=1024, help="width of the CG runs' net")
     ap.add_argument("--parts", default="matvec,ray,cg",
-                    help="which parts to run: matvec (vs the GEMM peak), ray (1 vs 2 workers), "
+                    help="which parts to run: matvec (vs the GEMM peak), ray (1 actor, 2x1, 1x2), "
                          "cg (iterations with and without the preconditioner)")
     ap.add_argument("--modes", default="sketch_in,lowrank,dense",
                     help="the nets of the matvec part (m, k as given; sketch_in with SRHT)")
@@ -177,21 +175,37 @@ def bench_matvec(args: argparse.Namespace, x: torch.Tensor, v: torch.Tensor) -> 
               f"GFLOP/s = {statistics.median(new) / top:.2f}")
 
 
+LAYOUTS = {"1 actor": (1, 1), "2x1 width split": (2, 1), "1x2 row split": (1, 2)}
+
+
 def bench_workers(args: argparse.Namespace, x: torch.Tensor, v: torch.Tensor) -> None:
+    """The mat-vec and the preconditioner's --rank columns (H(X, X_S), tiles of 4096 rows) on
+    each grid layout, the layouts interleaved per repeat so that all see the same load."""
     from fntk_dist.distributed.cluster import connect
     from fntk_dist.distributed.matvec_actors import RayOperator, connect_for_regress
+    from fntk_dist.ntk.nystrom import sample_columns
 
     connect(None, min_cpus=2)
-    by_workers = {}
-    for workers in (1, 2):
-        wcfg = build_config({**raw_config(args, args.n), "dist": {"workers": workers}},
-                            source="bench")
-        op = RayOperator(wcfg, (workers, 1), x, connect_for_regress(wcfg, workers))
-        by_workers[workers] = time_matvecs(op, v, args.repeats)
-        op.close()
-        print(f"Ray, {workers} worker(s): mat-vec {spread(by_workers[workers], '{:.3f}')} s")
-    print(f"speedup 2 vs 1 workers (medians): "
-          f"{statistics.median(by_workers[1]) / statistics.median(by_workers[2]):.2f}x")
+    idx = sample_columns(x.shape[0], args.rank, 0)
+    secs = {(name, what): [] for name in LAYOUTS for what in ("mat-vec", "columns")}
+    for _ in range(args.repeats):  # one layout's actors at a time: each takes the 2 CPUs
+        for name, grid in LAYOUTS.items():
+            wcfg = build_config({**raw_config(args, args.n), "dist": {"grid": grid}},
+                                source="bench")
+            op = RayOperator(wcfg, grid, x, connect_for_regress(wcfg, grid[0] * grid[1]))
+            op.matvec(v)  # warm-up: each actor's first call faults in its memory
+            op.columns(idx)
+            secs[name, "mat-vec"].append(seconds(lambda op=op: op.matvec(v)))
+            secs[name, "columns"].append(seconds(lambda op=op: op.columns(idx)))
+            op.close()
+    print(f"Ray, n={args.n} m={args.m}, one CPU and one torch thread per actor, "
+          f"{args.rank} columns:")
+    for what in ("mat-vec", "columns"):
+        one = statistics.median(secs["1 actor", what])
+        for name in LAYOUTS:
+            med = statistics.median(secs[name, what])
+            print(f"  {what:>8} {name:>16}: {spread(secs[name, what], '{:.3f}')} s, "
+                  f"{one / med:.2f}x of 1 actor")
 
 
 def bench_cg(args: argparse.Namespace) -> None:

@@ -10,8 +10,11 @@ groups' states are added by a tree among the actors of each width shard before t
 pass gives every group its rows. The term of a trained V (sketch_out, lowrank) is quadratic in
 G summed over all neurons (fntk_dist.ntk.rank_term): the shards' parts of G are summed once,
 when the operator starts (and once for the test points), and the driver takes that term's
-mat-vec from the total, O(n k d). The preconditioner's columns come as GramPartials (G summed
-before its outer product there too) finished once on the driver.
+mat-vec from the total, O(n k d). Each row group computes the preconditioner's columns on its
+share of the rows, in tiles: a group's shards sum their GramPartials by a tree (G summed
+before its outer product there too) into the group's first shard, which finishes the tile, as
+the Gram's grid does (gram_actors). G and the net's outputs split their points over the row
+groups too.
 """
 
 from __future__ import annotations
@@ -84,24 +87,42 @@ class MatvecShard:
     def _apply(self, pts: torch.Tensor, state: MatvecState) -> np.ndarray:
         return matvec_apply(self.linear, pts, state.to(self.device)).to(F64).cpu().numpy()
 
-    def rank(self, x: np.ndarray, x_eval: np.ndarray | None) -> np.ndarray:
-        """This shard's part of G on x_eval (the training points when None), float64."""
+    def rank(self, x: np.ndarray, x_eval: np.ndarray | None, span: tuple[int, int]
+             ) -> np.ndarray:
+        """This shard's part of G on rows [span) of x_eval (of the training points when None),
+        float64."""
         self.load(x)
         pts = self.x if x_eval is None else torch.as_tensor(x_eval, device=self.device)
-        return rank_factor(self.net, pts, self.block).cpu().numpy()
+        return rank_factor(self.net, pts[span[0]:span[1]], self.block).cpu().numpy()
 
     def columns(self, x: np.ndarray, span: tuple[int, int], idx: np.ndarray) -> GramPartial:
-        """The shard's partial of H(X[span], X[idx]), on the CPU."""
+        """The shard's partial of H(X[span], X[idx]), on the CPU (it travels to another
+        shard)."""
+        return self._columns(x, span, idx).cpu()
+
+    def finished_columns(self, x: np.ndarray, span: tuple[int, int], idx: np.ndarray,
+                         others: list[ray.ObjectRef]) -> np.ndarray:
+        """A row group's first shard: rows [span) of H(X, X[idx]), float64, from its own
+        partial plus `others` (a list holding the reference to the group's other shards' sum,
+        or none: in a list, Ray does not wait for it before this starts)."""
+        part = self._columns(x, span, idx)
+        if others:
+            part.add_(ray.get(others[0]).to(self.net.device))
+        r0, r1 = span
+        xs = self.x[torch.as_tensor(idx, device=self.device)]
+        return finish_gram(self.net, part, self.x[r0:r1], xs).to(F64).cpu().numpy()
+
+    def _columns(self, x: np.ndarray, span: tuple[int, int], idx: np.ndarray) -> GramPartial:
         self.load(x)
         r0, r1 = span
         xs = self.x[torch.as_tensor(idx, device=self.device)]
         return partial_sums(self.net, self.x[r0:r1], xs, self.block, None,
-                            unit_readout(self.net.a.detach())).cpu()
+                            unit_readout(self.net.a.detach()))
 
-    def outputs(self, x_eval: np.ndarray, tile: int) -> np.ndarray:
-        """This shard's share of the net's outputs on x_eval, float64."""
-        return tiled_outputs(self.net, torch.as_tensor(x_eval, device=self.device),
-                             tile).numpy()
+    def outputs(self, x_eval: np.ndarray, span: tuple[int, int], tile: int) -> np.ndarray:
+        """This shard's share of the net's outputs on rows [span) of x_eval, float64."""
+        pts = torch.as_tensor(x_eval[span[0]:span[1]], device=self.device)
+        return tiled_outputs(self.net, pts, tile).numpy()
 
     def memory(self) -> int:
         return peak_rss_bytes()
@@ -120,7 +141,8 @@ class RayOperator:
     row groups, group r owning the training points of row span r. A mat-vec is the
     MatvecState of each group's points (pass 1), summed over the groups by a tree per width
     shard, then each group's rows from the sum (pass 2), added over the width shards by the
-    driver. The preconditioner's columns, G and the outputs come from row group 0."""
+    driver. The preconditioner's columns, G and the outputs: each group its share of the
+    points (the columns' tiles summed and finished inside the group)."""
 
     def __init__(self, cfg: RunConfig, grid: tuple[int, int], x: torch.Tensor,
                  placed: Placed) -> None:
@@ -131,21 +153,28 @@ class RayOperator:
         self.groups = start_grid(MatvecShard, cfg, grid, x.shape[1], cfg.regress.block, placed,
                                  self.x_ref)
         self.spans = shard_ranges(x.shape[0], grid[1])  # row group r's training points
-        self.shards = self.groups[0]
+        self.width = grid[0]
         self.finisher = cfg.model.build(x.shape[1], neurons=(0, 1))  # features and scale only
         # G over all neurons on the training points: fixed for the whole solve.
         self.g = self._rank(None) if trains_rank(self.finisher) else None
 
     def _states(self, v: np.ndarray) -> list[ray.ObjectRef]:
         """Per width shard, the reference to pass 1's state over every training point."""
-        width = len(self.shards)
         return [tree_sum([g[w] for g in self.groups],
                          [g[w].state.remote(self.x_ref, (r0, r1), v[r0:r1])
                           for g, (r0, r1) in zip(self.groups, self.spans)])
-                for w in range(width)]
+                for w in range(self.width)]
+
+    def _by_group(self, n: int) -> list[tuple[list, tuple[int, int]]]:
+        """Each row group with its share of n points (groups beyond n get none)."""
+        return [(g, s) for g, s in zip(self.groups, shard_ranges(n, len(self.groups)))
+                if s[1] > s[0]]
 
     def _rank(self, x_eval: np.ndarray | None) -> torch.Tensor:
-        return self._sum([s.rank.remote(self.x_ref, x_eval) for s in self.shards])
+        pts = None if x_eval is None else ray.put(x_eval)
+        n = self.x.shape[0] if x_eval is None else x_eval.shape[0]
+        parts = [[s.rank.remote(self.x_ref, pts, span) for s in g] for g, span in self._by_group(n)]
+        return torch.cat([self._sum(p) for p in parts])
 
     @staticmethod
     def _sum(refs: list) -> torch.Tensor:
@@ -165,28 +194,49 @@ class RayOperator:
         return hv
 
     def columns(self, idx: torch.Tensor) -> torch.Tensor:
-        xs = self.x[idx]
-        out = []
-        for r0, r1 in row_spans(self.x.shape[0], self.tile):
-            parts = ray.get([s.columns.remote(self.x_ref, (r0, r1), idx.numpy())
-                             for s in self.shards])
-            out.append(finish_gram(self.finisher, sum(parts), self.x[r0:r1], xs).to(F64))
-        return torch.cat(out)
+        """H(X, X[idx]): each row group takes its share of the rows in tiles of at most
+        regress.tile, two tiles per group in flight (the object store holds a few tiles'
+        partials, not all n rows')."""
+        idx_np = idx.numpy()
+        todo = [[(g, (r0 + a, r0 + b)) for a, b in row_spans(r1 - r0, self.tile)]
+                for g, (r0, r1) in self._by_group(self.x.shape[0])]
+        flying: dict[ray.ObjectRef, tuple[int, int]] = {}
+
+        def submit(q: int) -> None:
+            if todo[q]:
+                (root, *rest), span = todo[q].pop(0)
+                others = [tree_sum(rest, [s.columns.remote(self.x_ref, span, idx_np)
+                                          for s in rest])] if rest else []
+                flying[root.finished_columns.remote(self.x_ref, span, idx_np, others)] = \
+                    (q, span[0])
+
+        for q in range(len(todo)):
+            submit(q)
+            submit(q)
+        done = {}
+        while flying:
+            (ref,), _ = ray.wait(list(flying), num_returns=1)
+            q, r0 = flying.pop(ref)
+            done[r0] = ray.get(ref)
+            submit(q)
+        # In row order; a fresh array (the object store's are read-only).
+        return torch.from_numpy(np.concatenate([done[r0] for r0 in sorted(done)]))
 
     def cross_matvec(self, x_test: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         states = self._states(v.to(self.x.dtype).numpy())
         xt = x_test.numpy()
-        spans = [s for s in shard_ranges(xt.shape[0], len(self.groups)) if s[1] > s[0]]
         parts = [[s.apply_to.remote(xt[t0:t1], state) for s, state in zip(g, states)]
-                 for g, (t0, t1) in zip(self.groups, spans)]
+                 for g, (t0, t1) in self._by_group(xt.shape[0])]
         hv = torch.cat([self._sum(p) for p in parts])
         if self.g is not None:
             hv += rank_matvec(x_test, self._rank(xt), v, self.finisher.m, self.x, self.g)
         return hv
 
     def outputs(self, x: torch.Tensor) -> torch.Tensor:
-        x_np = x.numpy()
-        return self._sum([s.outputs.remote(x_np, self.tile) for s in self.shards])
+        ref = ray.put(x.numpy())
+        parts = [[s.outputs.remote(ref, span, self.tile) for s in g]
+                 for g, span in self._by_group(x.shape[0])]
+        return torch.cat([self._sum(p) for p in parts])
 
     def info(self) -> dict:
         shards = [s for g in self.groups for s in g]

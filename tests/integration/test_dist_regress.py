@@ -46,9 +46,11 @@ MODELS = [
 
 @pytest.mark.parametrize("model", MODELS)
 def test_any_grid_answers_the_one_process_operator(ray_cluster, model):
-    """H v, H(X_test, X) v and the preconditioner's columns of every grid shape against the
-    one-process operator: each row group's pass-1 sums over its own points, added by a tree
-    over the groups (3 x 2: shards of 100 neurons, groups of 60 points)."""
+    """H v, H(X_test, X) v, the preconditioner's columns and the net's outputs of every grid
+    shape against the one-process operator: each row group's pass-1 sums over its own points,
+    added by a tree over the groups (3 x 2: shards of 100 neurons, groups of 60 points); each
+    group's 60 rows of the columns in tiles of 50 and 10, each summed and finished by the
+    group's first shard."""
     cfg = config(model, None)
     data = load_dataset(cfg.data)
     x, xt = torch.from_numpy(data.x), torch.from_numpy(data.x_test)
@@ -57,12 +59,14 @@ def test_any_grid_answers_the_one_process_operator(ray_cluster, model):
     v, vt = (torch.randn(x.shape[0], generator=g, dtype=torch.float64) for _ in range(2))
     ref, ref_t = local.matvec(v), local.cross_matvec(xt, vt)
     ref_cols = local.columns(torch.tensor([3, 77, 110]))
+    ref_out = local.outputs(xt)
     for grid in ((1, 1), (2, 1), (1, 2), (2, 2), (3, 2)):
         cfg = config(model, None, grid)
         op = RayOperator(cfg, grid, x, connect_for_regress(cfg, grid[0] * grid[1]))
         try:
             for got, want in ((op.matvec(v), ref), (op.cross_matvec(xt, vt), ref_t),
-                              (op.columns(torch.tensor([3, 77, 110])), ref_cols)):
+                              (op.columns(torch.tensor([3, 77, 110])), ref_cols),
+                              (op.outputs(xt), ref_out)):
                 assert float((got - want).norm() / want.norm()) < 1e-10, grid
         finally:
             op.close()
