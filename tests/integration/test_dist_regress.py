@@ -5,8 +5,13 @@ one-process run."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import threading
+import time
 
 import numpy as np
+import psutil
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -15,6 +20,7 @@ from fntk_dist.config import build_config
 from fntk_dist.data import load_dataset
 from fntk_dist.distributed.cluster import connect, shutdown
 from fntk_dist.distributed.matvec_actors import RayOperator, connect_for_regress
+from fntk_dist.ntk.nystrom import sample_columns
 from fntk_dist.regress.job import run_regress_job
 from fntk_dist.regress.operator import LocalOperator
 
@@ -88,3 +94,40 @@ def test_workers_equal_one_process(ray_cluster, tmp_path, model):
         assert dist["test_mse"] == pytest.approx(one["test_mse"], rel=1e-10)
         assert dist["test_error"] == one["test_error"]
         assert json.loads((out / "summary.json").read_text())["shard_nodes"] == ["127.0.0.1"]
+
+
+def test_killed_shard_costs_a_retry_and_the_columns_are_unchanged(ray_cluster):
+    """A 2 x 2 grid's shard SIGKILLed while the preconditioner's columns are computed: Ray
+    rebuilds it and runs its calls again, and the columns equal the same grid's columns
+    computed without the kill, bit for bit (each tile's sum has a fixed order)."""
+    cfg = build_config({
+        "model": {"mode": "sketch_in", "m": 20000, "k": 8, "dtype": "float64"},
+        "data": {"source": "sphere", "n": 2400, "d": 16, "test_fraction": 0.0},
+        "regress": {"tile": 50}, "dist": {"grid": [2, 2]}, "tracking": {"wandb": False},
+    }, source="test")  # 48 tiles of 50 x 400 over 20,000 neurons: about 1.5 s of work
+    x = torch.from_numpy(load_dataset(cfg.data).x)
+    idx = sample_columns(x.shape[0], 400, 0)
+    op = RayOperator(cfg, (2, 2), x, connect_for_regress(cfg, 4))
+    try:
+        want = op.columns(idx)
+        got = {}
+
+        def columns() -> None:
+            try:
+                got["cols"] = op.columns(idx)
+            except Exception as err:  # reported by the assertion below
+                got["error"] = err
+
+        worker = threading.Thread(target=columns)
+        worker.start()
+        time.sleep(0.3)
+        shards = [p for p in psutil.process_iter(["cmdline"])
+                  if any("ray::MatvecShard" in part for part in (p.info["cmdline"] or []))]
+        assert worker.is_alive(), "the columns were done before the kill: give them more work"
+        os.kill(shards[-1].pid, signal.SIGKILL)
+        worker.join(timeout=120)
+        assert not worker.is_alive(), "the columns did not finish after the kill"
+        assert "error" not in got, got.get("error")
+        assert torch.equal(got["cols"], want)
+    finally:
+        op.close()
