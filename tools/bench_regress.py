@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import torch
-from timing import spread
+from timing import spread, wall_times
 
 from fntk_dist import ntk_matvec
 from fntk_dist.config import build_config
@@ -62,12 +62,6 @@ def raw_config(args: argparse.Namespace, n: int, data_seed: int = 0, m: int | No
             "regress": {"rtol": 1e-6, "maxiter": 5000, "test_metrics": False, "device": "cpu",
                         **regress},
             "tracking": {"wandb": False}}
-
-
-def seconds(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
 
 
 def old_matvec(net: Network, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -193,10 +187,9 @@ def bench_workers(args: argparse.Namespace, x: torch.Tensor, v: torch.Tensor) ->
             wcfg = build_config({**raw_config(args, args.n), "dist": {"grid": grid}},
                                 source="bench")
             op = RayOperator(wcfg, grid, x, connect_for_regress(wcfg, grid[0] * grid[1]))
-            op.matvec(v)  # warm-up: each actor's first call faults in its memory
-            op.columns(idx)
-            secs[name, "mat-vec"].append(seconds(lambda op=op: op.matvec(v)))
-            secs[name, "columns"].append(seconds(lambda op=op: op.columns(idx)))
+            # One call each after a warm-up one (an actor's first call faults in its memory).
+            secs[name, "mat-vec"] += wall_times(lambda op=op: op.matvec(v), 1)
+            secs[name, "columns"] += wall_times(lambda op=op: op.columns(idx), 1)
             op.close()
     print(f"Ray, n={args.n} m={args.m}, one CPU and one torch thread per actor, "
           f"{args.rank} columns:")

@@ -230,13 +230,10 @@ def calibrate_root(args: argparse.Namespace) -> tuple[float, float, float, float
     (f1, t1), (f2, t2) = points
     rate = (f2 - f1) / max(t2 - t1, 1e-9)
     # commit = commit_s + bytes / flush, least squares over the three sizes
-    mean_b = statistics.fmean(b for b, _ in commits)
-    mean_t = statistics.fmean(t for _, t in commits)
-    slope = (sum((b - mean_b) * (t - mean_t) for b, t in commits)
-             / sum((b - mean_b) ** 2 for b, _ in commits))
+    slope, intercept = statistics.linear_regression([b for b, _ in commits],
+                                                    [t for _, t in commits])
     flush = 1 / slope if slope > 0 else math.inf
-    commit = max(0.0, mean_t - slope * mean_b) if slope > 0 else statistics.median(
-        t for _, t in commits)
+    commit = max(0.0, intercept) if slope > 0 else statistics.median(t for _, t in commits)
     return (max(0.0, t1 - f1 / rate), rate, statistics.median(stored), commit, flush)
 
 

@@ -98,24 +98,27 @@ class MatvecShard:
     def columns(self, x: np.ndarray, span: tuple[int, int], idx: np.ndarray) -> GramPartial:
         """The shard's partial of H(X[span], X[idx]), on the CPU (it travels to another
         shard)."""
-        return self._columns(x, span, idx).cpu()
+        self.load(x)
+        return self._columns(span, self._picked(idx)).cpu()
 
     def finished_columns(self, x: np.ndarray, span: tuple[int, int], idx: np.ndarray,
                          others: list[ray.ObjectRef]) -> np.ndarray:
         """A row group's first shard: rows [span) of H(X, X[idx]), float64, from its own
         partial plus `others` (a list holding the reference to the group's other shards' sum,
         or none: in a list, Ray does not wait for it before this starts)."""
-        part = self._columns(x, span, idx)
+        self.load(x)
+        xs = self._picked(idx)
+        part = self._columns(span, xs)
         if others:
             part.add_(ray.get(others[0]).to(self.net.device))
         r0, r1 = span
-        xs = self.x[torch.as_tensor(idx, device=self.device)]
         return finish_gram(self.net, part, self.x[r0:r1], xs).to(F64).cpu().numpy()
 
-    def _columns(self, x: np.ndarray, span: tuple[int, int], idx: np.ndarray) -> GramPartial:
-        self.load(x)
+    def _picked(self, idx: np.ndarray) -> torch.Tensor:
+        return self.x[torch.as_tensor(idx, device=self.device)]
+
+    def _columns(self, span: tuple[int, int], xs: torch.Tensor) -> GramPartial:
         r0, r1 = span
-        xs = self.x[torch.as_tensor(idx, device=self.device)]
         return partial_sums(self.net, self.x[r0:r1], xs, self.block, None,
                             unit_readout(self.net.a.detach()))
 
