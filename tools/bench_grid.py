@@ -13,6 +13,11 @@ It prints each layout's tile seconds (the job's `seconds`: tile work, actors alr
 shape over 1 actor (target >= 1.8x), measured and predicted, and whether
 fntk_dist.gram.grid_plan.choose_grid picks the shape that measured faster. Run it when the
 machine is otherwise idle: it prints the load average before and after.
+
+--wide-tiles 512 256 adds the wide net cut into smaller tiles (3 and 10 tiles), in the same
+rounds: whether splitting its one tile lets 2 actors overlap the root's serial tail with the
+next tile's work, and what the smaller tiles cost; it ends with the best 2-actor time over the
+best 1-actor time across the wide net's tile sizes.
 """
 
 from __future__ import annotations
@@ -42,13 +47,21 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--d", type=int, default=256)
     ap.add_argument("--k", type=int, default=32)
+    ap.add_argument("--wide-tiles", type=int, nargs="*", default=[],
+                    help="more tile sizes (rows) for the wide net, beside its one tile of 1024")
     args = ap.parse_args()
+    cases = dict(CASES)
+    n_wide, m_wide, _ = CASES["wide"]
+    for tile in args.wide_tiles:
+        if not 0 < tile < n_wide:
+            raise SystemExit(f"--wide-tiles: {tile} is not between 1 and {n_wide - 1} rows")
+        cases[f"wide, tile {tile}"] = (n_wide, m_wide, tile)
     print(f"load average before: {os.getloadavg()[0]:.2f} (cores: {os.cpu_count()})")
     connect(None, min_cpus=2)
     model = {"mode": "sketch_in", "k": args.k, "sketch": "gaussian"}
-    seconds = {(case, name): [] for case in CASES for name in LAYOUTS}
-    for _ in range(args.repeats):  # every layout of both cases once per round: side by side
-        for case, (n, m, tile) in CASES.items():
+    seconds = {(case, name): [] for case in cases for name in LAYOUTS}
+    for _ in range(args.repeats):  # every layout of every case once per round: side by side
+        for case, (n, m, tile) in cases.items():
             for name, grid in LAYOUTS.items():
                 cfg = job_config({**model, "m": m}, n, args.d, tile, grid[0] * grid[1], grid)
                 took, ran = run_job(cfg)
@@ -56,7 +69,7 @@ def main() -> None:
                     raise SystemExit(f"{case} {name}: the job ran a {ran} grid, not {grid}")
                 seconds[case, name].append(took)
     print(f"load average after: {os.getloadavg()[0]:.2f}")
-    for case, (n, m, tile) in CASES.items():
+    for case, (n, m, tile) in cases.items():
         print(f"\n{case}: n={n} m={m} k={args.k} d={args.d} tile={tile}, sketch_in, float64, "
               f"{args.repeats} repeats")
         cfg = job_config({**model, "m": m}, n, args.d, tile, 2)
@@ -74,6 +87,15 @@ def main() -> None:
               f"(target >= 1.8x); predicted {predicted['1 actor'] / predicted[faster]:.2f}x")
         print(f"  choose_grid: {chosen[0]}x{chosen[1]} ({chosen_name}); measured faster: "
               f"{faster}: {'agrees' if chosen_name == faster else 'DISAGREES'}")
+    if args.wide_tiles:
+        wide = [case for case in cases if case.startswith("wide")]
+        med = {(case, name): statistics.median(seconds[case, name])
+               for case in wide for name in LAYOUTS}
+        one = min((med[case, "1 actor"], case) for case in wide)
+        two = min((med[case, name], case, name) for case in wide for name in LAYOUTS
+                  if name != "1 actor")
+        print(f"\nwide, best over its tile sizes: 1 actor {one[0]:.4f} s ({one[1]}); 2 actors "
+              f"{two[0]:.4f} s ({two[1]}, {two[2]}): {one[0] / two[0]:.2f}x")
 
 
 if __name__ == "__main__":

@@ -236,7 +236,8 @@ class RayOperator:
         return hv
 
     def outputs(self, x: torch.Tensor) -> torch.Tensor:
-        ref = ray.put(x.numpy())
+        # The training points are in the object store already (f0 of the solve's start).
+        ref = self.x_ref if x is self.x else ray.put(x.numpy())
         parts = [[s.outputs.remote(ref, span, self.tile) for s in g]
                  for g, span in self._by_group(x.shape[0])]
         return torch.cat([self._sum(p) for p in parts])
