@@ -4,7 +4,8 @@ Ray does not form a multi-node cluster on 127.0.0.1, so each "host" is a network
 with a private address of its own; `ray start --block` runs in each, as root, under
 `ip netns exec`. Usage:
 
-    from netns_cluster import skip_without_netns, two_host_cluster
+    from netns_cluster import two_host_cluster
+    from netns_hosts import skip_without_netns
 
     @skip_without_netns
     def test_something():
@@ -31,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import ipaddress
 import itertools
 import json
 import os
@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
+from netns_hosts import free_subnet, ip_bin, pids_in, run_ip
 
 HEAD_PORT = 6379
 DASHBOARD_PORT = 8265
@@ -78,42 +78,6 @@ while True:
 """
 
 
-def _ip_bin() -> str:
-    return shutil.which("ip") or "/usr/sbin/ip"
-
-
-def _ip(*args: str, check: bool = True, timeout: float = 20) -> subprocess.CompletedProcess:
-    return subprocess.run([_ip_bin(), *args], capture_output=True, text=True, check=check,
-                          timeout=timeout)
-
-
-@functools.lru_cache(maxsize=1)
-def netns_available() -> bool:
-    """Root, `ip` present, and a throwaway namespace (with a veth pair) can be made and removed."""
-    if not sys.platform.startswith("linux") or os.geteuid() != 0 or not shutil.which("ip"):
-        return False
-    name = f"fntk-probe-{os.getpid()}-{secrets.token_hex(3)}"
-    try:
-        _ip("netns", "add", name)
-    except (OSError, subprocess.SubprocessError):
-        return False
-    try:
-        _ip("-n", name, "link", "add", "fp0", "type", "veth", "peer", "name", "fp1")
-        _ip("-n", name, "link", "set", "lo", "up")
-        return True
-    except (OSError, subprocess.SubprocessError):
-        return False
-    finally:
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            _ip("netns", "del", name, check=False)
-
-
-skip_without_netns = pytest.mark.skipif(
-    not netns_available(),
-    reason="needs root and `ip netns` (network namespaces with veth pairs)",
-)
-
-
 def _ray_bin() -> str:
     local = _BIN / "ray"
     return str(local) if local.exists() else (shutil.which("ray") or "ray")
@@ -140,37 +104,6 @@ def _base_env(token_path: Path) -> dict[str, str]:
     return env
 
 
-_ROUTE_TYPES = {"unicast", "local", "broadcast", "multicast", "anycast", "unreachable",
-                "blackhole", "prohibit", "throw", "nat"}
-
-
-def _taken_networks() -> list[ipaddress.IPv4Network]:
-    nets = []
-    for line in _ip("-4", "route", "show", "table", "all").stdout.splitlines():
-        words = line.split()
-        if words and words[0] in _ROUTE_TYPES:
-            words = words[1:]
-        if words and words[0] != "default":
-            with contextlib.suppress(ValueError):
-                nets.append(ipaddress.ip_network(words[0], strict=False))
-    for line in _ip("-4", "-o", "addr").stdout.splitlines():
-        words = line.split()
-        if "inet" in words:
-            nets.append(ipaddress.ip_interface(words[words.index("inet") + 1]).network)
-    return nets
-
-
-def _free_subnet(salt: int) -> ipaddress.IPv4Network:
-    """A /24 that overlaps no route or address on the host (10.213.X first)."""
-    taken = _taken_networks()
-    for prefix in ("10.213", "172.29", "192.168"):
-        for i in range(256):
-            net = ipaddress.ip_network(f"{prefix}.{(salt + i) % 256}.0/24")
-            if not any(net.overlaps(t) for t in taken):
-                return net
-    raise RuntimeError("no free private /24 for the namespaces' veth pair")
-
-
 @functools.lru_cache(maxsize=1)
 def dashboard_available() -> bool:
     """Whether `ray[default]` (the dashboard and Jobs server's dependencies) is installed."""
@@ -193,11 +126,6 @@ while True:
             sys.exit(f"dashboard at {sys.argv[1]} not up: {exc}")
         time.sleep(0.5)
 """
-
-
-def _pids_in(ns: str) -> list[int]:
-    res = _ip("netns", "pids", ns, check=False)
-    return [int(p) for p in res.stdout.split() if p.isdigit()]
 
 
 def _killpg(pgid: int, sig: int) -> None:
@@ -256,7 +184,7 @@ class TwoHostCluster:
         kills it if it still runs. kw go to Popen; kw["env"] adds to env(token)."""
         env = self.env(token)
         env.update(kw.pop("env", None) or {})
-        proc = subprocess.Popen([_ip_bin(), "netns", "exec", ns or self.head_ns, *argv],
+        proc = subprocess.Popen([ip_bin(), "netns", "exec", ns or self.head_ns, *argv],
                                 env=env, start_new_session=True, **kw)
         with self._lock:
             self._procs.append(proc)
@@ -292,7 +220,7 @@ class TwoHostCluster:
 
     def pids(self) -> list[int]:
         """Every process now inside the cluster's two namespaces."""
-        return sorted(_pids_in(self.head_ns) + _pids_in(self.worker_ns))
+        return sorted(pids_in(self.head_ns) + pids_in(self.worker_ns))
 
     def logs_tail(self) -> str:
         """The last lines of the nodes' own output and of their GCS and raylet logs."""
@@ -349,7 +277,7 @@ def _teardown(procs: list[subprocess.Popen], namespaces: list[str], tmp: Path | 
     # Processes that left the groups (e.g. Ray workers) are still inside the namespaces.
     for ns in namespaces:
         for _ in range(100):
-            left = _pids_in(ns)
+            left = pids_in(ns)
             if not left:
                 break
             for pid in left:
@@ -357,10 +285,10 @@ def _teardown(procs: list[subprocess.Popen], namespaces: list[str], tmp: Path | 
                     os.kill(pid, signal.SIGKILL)
             time.sleep(0.1)
         else:
-            problems.append(f"processes {_pids_in(ns)} still in namespace {ns}")
+            problems.append(f"processes {pids_in(ns)} still in namespace {ns}")
     for ns in namespaces:
         # Deleting a namespace destroys the veth end inside it, and with it the peer.
-        res = _ip("netns", "del", ns, check=False)
+        res = run_ip("netns", "del", ns, check=False)
         if res.returncode != 0:
             problems.append(f"ip netns del {ns}: {res.stderr.strip()}")
     if tmp is not None:
@@ -371,7 +299,7 @@ def _teardown(procs: list[subprocess.Popen], namespaces: list[str], tmp: Path | 
 
 
 def _start_node(argv: list[str], ns: str, env: dict[str, str], log: Path) -> subprocess.Popen:
-    prefix = [_ip_bin(), "netns", "exec", ns]
+    prefix = [ip_bin(), "netns", "exec", ns]
     # If this process is SIGKILLed, the node dies with it and Ray's reaper then kills the
     # node's process group. Only from the main thread: the signal follows the forking thread.
     if shutil.which("setpriv") and threading.current_thread() is threading.main_thread():
@@ -423,17 +351,17 @@ def two_host_cluster(head_cpus: int = 1, worker_cpus: int = 1, token: str | None
             # Short: Ray's unix socket paths live under it.
             tmp = Path(tempfile.mkdtemp(prefix="fntkr-", dir="/tmp"))
             token_path = _write_secret(tmp / "token", token)
-            net = _free_subnet(os.getpid() + n)
+            net = free_subnet(os.getpid() + n)
             head_ip, worker_ip = str(net.network_address + 1), str(net.network_address + 2)
             for ns in (head_ns, worker_ns):
-                _ip("netns", "add", ns)
+                run_ip("netns", "add", ns)
                 made_ns.append(ns)
-            _ip("-n", head_ns, "link", "add", veth_a, "type", "veth",
+            run_ip("-n", head_ns, "link", "add", veth_a, "type", "veth",
                 "peer", "name", veth_b, "netns", worker_ns)
             for ns, dev, ip in ((head_ns, veth_a, head_ip), (worker_ns, veth_b, worker_ip)):
-                _ip("-n", ns, "addr", "add", f"{ip}/{net.prefixlen}", "dev", dev)
-                _ip("-n", ns, "link", "set", dev, "up")
-                _ip("-n", ns, "link", "set", "lo", "up")
+                run_ip("-n", ns, "addr", "add", f"{ip}/{net.prefixlen}", "dev", dev)
+                run_ip("-n", ns, "link", "set", dev, "up")
+                run_ip("-n", ns, "link", "set", "lo", "up")
 
             address = f"{head_ip}:{HEAD_PORT}"
             cluster = TwoHostCluster(head_ns=head_ns, worker_ns=worker_ns, head_ip=head_ip,

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from netns_cluster import skip_without_netns, two_host_cluster
+from netns_cluster import two_host_cluster
+from netns_hosts import skip_without_netns
 
 from fntk_dist import empirical_ntk
 from fntk_dist.config import build_config

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from netns_cluster import dashboard_available, skip_without_netns, two_host_cluster
+from netns_cluster import dashboard_available, two_host_cluster
+from netns_hosts import skip_without_netns
 
 from fntk_dist.config import build_config
 from fntk_dist.train.job import run_train_job

@@ -11,7 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from netns_cluster import TwoHostCluster, skip_without_netns, two_host_cluster
+from netns_cluster import TwoHostCluster, two_host_cluster
+from netns_hosts import skip_without_netns
 
 pytestmark = [pytest.mark.slow, skip_without_netns]
 
