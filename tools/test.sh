@@ -6,4 +6,5 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$root/tools/bootstrap.sh"
 cd "$root"
 export WANDB_MODE="${WANDB_MODE:-offline}"
-exec "$root/.venv/bin/python" -m pytest -q "$@"
+# The slowest tests are listed at the end: where the suite's time goes, in every CI log.
+exec "$root/.venv/bin/python" -m pytest -q --durations=25 "$@"
