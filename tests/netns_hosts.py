@@ -53,15 +53,15 @@ skip_without_netns = pytest.mark.skipif(
 )
 
 
-ROUTE_TYPES = {"unicast", "local", "broadcast", "multicast", "anycast", "unreachable",
+_ROUTE_TYPES = {"unicast", "local", "broadcast", "multicast", "anycast", "unreachable",
                 "blackhole", "prohibit", "throw", "nat"}
 
 
-def taken_networks() -> list[ipaddress.IPv4Network]:
+def _taken_networks() -> list[ipaddress.IPv4Network]:
     nets = []
     for line in run_ip("-4", "route", "show", "table", "all").stdout.splitlines():
         words = line.split()
-        if words and words[0] in ROUTE_TYPES:
+        if words and words[0] in _ROUTE_TYPES:
             words = words[1:]
         if words and words[0] != "default":
             with contextlib.suppress(ValueError):
@@ -75,7 +75,7 @@ def taken_networks() -> list[ipaddress.IPv4Network]:
 
 def free_subnet(salt: int) -> ipaddress.IPv4Network:
     """A /24 that overlaps no route or address on the host (10.213.X first)."""
-    taken = taken_networks()
+    taken = _taken_networks()
     for prefix in ("10.213", "172.29", "192.168"):
         for i in range(256):
             net = ipaddress.ip_network(f"{prefix}.{(salt + i) % 256}.0/24")
