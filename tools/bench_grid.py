@@ -11,8 +11,11 @@ interleaved, --repeats times:
 It prints each layout's tile seconds (the job's `seconds`: tile work, actors already up), median
 [min-max], beside the grid plan's prediction (CPU_RATES), the speedup of the better 2-actor
 shape over 1 actor (target >= 1.8x), measured and predicted, and whether
-fntk_dist.gram.grid_plan.choose_grid picks the shape that measured faster. Run it when the
-machine is otherwise idle: it prints the load average before and after.
+fntk_dist.gram.grid_plan.choose_grid picks the shape that measured faster; then, per layout,
+where a tile's seconds went (the jobs' tile_phase_seconds per tile, medians over the repeats):
+the root's own partial, its wait for the other shards' sum, the finish, the tile file, and
+the driver's commit. Run it when the machine is otherwise idle: it prints the load average
+before and after.
 
 --wide-tiles 512 256 adds the wide net cut into smaller tiles (3 and 10 tiles), in the same
 rounds: whether splitting its one tile lets 2 actors overlap the root's serial tail with the
@@ -60,14 +63,16 @@ def main() -> None:
     connect(None, min_cpus=2)
     model = {"mode": "sketch_in", "k": args.k, "sketch": "gaussian"}
     seconds = {(case, name): [] for case in cases for name in LAYOUTS}
+    phases = {(case, name): [] for case in cases for name in LAYOUTS}
     for _ in range(args.repeats):  # every layout of every case once per round: side by side
         for case, (n, m, tile) in cases.items():
             for name, grid in LAYOUTS.items():
                 cfg = job_config({**model, "m": m}, n, args.d, tile, grid[0] * grid[1], grid)
-                took, ran = run_job(cfg)
+                took, ran, went = run_job(cfg)
                 if ran is not None and ran != grid:
                     raise SystemExit(f"{case} {name}: the job ran a {ran} grid, not {grid}")
                 seconds[case, name].append(took)
+                phases[case, name].append(went)
     print(f"load average after: {os.getloadavg()[0]:.2f}")
     for case, (n, m, tile) in cases.items():
         print(f"\n{case}: n={n} m={m} k={args.k} d={args.d} tile={tile}, sketch_in, float64, "
@@ -87,6 +92,13 @@ def main() -> None:
               f"(target >= 1.8x); predicted {predicted['1 actor'] / predicted[faster]:.2f}x")
         print(f"  choose_grid: {chosen[0]}x{chosen[1]} ({chosen_name}); measured faster: "
               f"{faster}: {'agrees' if chosen_name == faster else 'DISAGREES'}")
+        print("  per tile, ms (medians): root's partial, wait for the others, finish, file; "
+              "driver's commit")
+        for name in LAYOUTS:
+            went = phases[case, name]
+            print(f"  {name:>16}: " + "  ".join(
+                f"{phase} {1e3 * statistics.median(w[phase] for w in went):.1f}"
+                for phase in went[0]))
     if args.wide_tiles:
         wide = [case for case in cases if case.startswith("wide")]
         med = {(case, name): statistics.median(seconds[case, name])

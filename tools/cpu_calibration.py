@@ -248,16 +248,19 @@ def job_config(model: dict, n: int, d: int, tile: int, workers: int,
     }, source="scaling_model")
 
 
-def run_job(cfg) -> tuple[float, tuple[int, int] | None]:
-    """A real `fntk gram` job into a fresh store: (its tile seconds, the grid it ran). Tile
-    seconds: the wall time from the first tile submitted to the last stored (the store's
-    tile_seconds), without starting and stopping the actors."""
+def run_job(cfg) -> tuple[float, tuple[int, int] | None, dict[str, float]]:
+    """A real `fntk gram` job into a fresh store: (its tile seconds, the grid it ran, where
+    its tiles' seconds went: the summary's tile_phase_seconds, per tile). Tile seconds: the
+    wall time from the first tile submitted to the last stored (the store's tile_seconds),
+    without starting and stopping the actors."""
     from fntk_dist.gram.job import run_gram_job
 
     with tempfile.TemporaryDirectory() as tmp:
         summary = run_gram_job(cfg, Path(tmp) / "gram", progress=False)
     grid = summary.get("grid")
-    return summary["tile_seconds"], (tuple(grid) if grid else None)
+    tiles = summary["tiles_computed"]
+    phases = {name: s / tiles for name, s in summary["tile_phase_seconds"].items()}
+    return summary["tile_seconds"], (tuple(grid) if grid else None), phases
 
 
 def calibrate(args: argparse.Namespace) -> None:
@@ -283,7 +286,7 @@ def calibrate(args: argparse.Namespace) -> None:
     shapes: dict[int, tuple[int, int] | None] = {}
     for _ in range(args.repeats):  # interleaved: 1, 2, 4, 1, 2, 4, ...
         for workers in args.workers:
-            seconds, grid = run_job(job_config(model, args.job_n, args.cal_d, args.job_tile,
+            seconds, grid, _ = run_job(job_config(model, args.job_n, args.cal_d, args.job_tile,
                                                workers))
             measured[workers].append(seconds)
             shapes[workers] = grid

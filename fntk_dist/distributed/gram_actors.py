@@ -35,7 +35,7 @@ import torch
 
 from ..config import RunConfig
 from ..gram import tile_file
-from ..gram.executor import Span, finish_span, span_partial, store_spans
+from ..gram.executor import Span, TileTimes, span_partial, store_spans, timed_tile
 from ..gram.tile_file import StagedTile, TileTarget
 from ..gram.tile_store import TileStore
 from ..memory import keep_freed_memory
@@ -68,17 +68,15 @@ class GramShard:
         self.load(x)
         return span_partial(self.net, self.x, span, self.block)
 
-    def tile(self, span: Span, x: np.ndarray, target: TileTarget,
-             others: list[ray.ObjectRef]) -> StagedTile | np.ndarray:
+    def tile(self, span: Span, x: np.ndarray, target: TileTarget, others: list[ray.ObjectRef]
+             ) -> tuple[StagedTile | np.ndarray, TileTimes]:
         """The row group's root: its own partial plus `others` (a list holding the reference
         to the other shards' sum, or none for a group of one: in a list, Ray does not wait
         for it before this starts, so the root computes beside the others), finished on its
-        device and staged."""
+        device and staged, with where its seconds went."""
         self.load(x)
-        part = span_partial(self.net, self.x, span, self.block, cpu=False)
-        if others:
-            part.add_(ray.get(others[0]).to(self.net.device))
-        return finish_span(self.net, self.x, part, span, target)
+        fetch = (lambda: ray.get(others[0])) if others else None
+        return timed_tile(self.net, self.x, span, self.block, target, fetch)
 
     def add(self, mine: GramPartial, other: GramPartial) -> GramPartial:
         """One step of the tree sum of a row group's other shards (Ray fetches both operands
@@ -128,7 +126,7 @@ class RayExecutor:
         return root.tile.remote(span, self.x_ref, target, others)
 
     def tiles(self, store: TileStore, todo: list[tuple[int, int]]
-              ) -> Iterator[tuple[tuple[int, int], StagedTile | np.ndarray]]:
+              ) -> Iterator[tuple[tuple[int, int], StagedTile | np.ndarray, TileTimes]]:
         # Longest first (off-diagonal tiles, then the diagonal's, which take the symmetric
         # path; larger before smaller), so the row groups end on short tiles, not one long
         # tile while the others idle.
@@ -153,7 +151,7 @@ class RayExecutor:
             key, g = flying.pop(ref)
             busy[g] -= 1  # the next tile goes to the group with the least work left
             submit()
-            yield key, ray.get(ref)
+            yield key, *ray.get(ref)
 
     def info(self) -> dict:
         memory = ray.get([s.memory.remote() for group in self.groups for s in group])

@@ -11,8 +11,10 @@ themselves and the group's root finishing and storing the tile.
 
 from __future__ import annotations
 
+import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -33,11 +35,23 @@ if TYPE_CHECKING:
 Span = tuple[tuple[int, int], tuple[int, int]]  # a tile's rows [r0, r1) and cols [c0, c1)
 
 
+@dataclass(frozen=True)
+class TileTimes:
+    """Where one tile's seconds went in the process that finished it (a row group's root),
+    by its clock. On a GPU the device works asynchronously: its kernels count in the first
+    phase that waits for them (the finish's copy to the host, or the add of the others' sum)."""
+
+    partial: float  # its own partial (a root: its shard's neurons)
+    wait: float  # the other shards' sum: waiting for them, and receiving it (0 for one shard)
+    finish: float  # that sum added, the tile finished and brought to the host
+    stage: float  # the tile file written beside the store (or the array, without a path)
+
+
 class TileExecutor(Protocol):
     def tiles(self, store: TileStore, todo: list[tuple[int, int]]
-              ) -> Iterator[tuple[tuple[int, int], StagedTile | np.ndarray]]:
-        """Each tile of `todo` as (i, j) and the tile, staged beside the store or the array,
-        in the order they are done."""
+              ) -> Iterator[tuple[tuple[int, int], StagedTile | np.ndarray, TileTimes]]:
+        """Each tile of `todo` as (i, j), the tile (staged beside the store, or the array)
+        and where its seconds went, in the order they are done."""
 
     def info(self) -> dict:
         """The summary keys device, shard_nodes, worker_peak_rss_bytes, worker_base_rss_bytes."""
@@ -89,10 +103,28 @@ def finish_span(net: Network, x: torch.Tensor, part: GramPartial, span: Span,
     return stage_tile(target, to_host(h).numpy())
 
 
+def timed_tile(net: Network, x: torch.Tensor, span: Span, block: int | None,
+               target: TileTarget, others: Callable[[], GramPartial] | None = None
+               ) -> tuple[StagedTile | np.ndarray, TileTimes]:
+    """One tile from net's partial plus, where the net is one width shard, the other shards'
+    sum (others: fetches it), finished and staged, with where its seconds went."""
+    t0 = time.perf_counter()
+    part = span_partial(net, x, span, block, cpu=False)
+    t1 = t2 = time.perf_counter()
+    if others is not None:
+        rest = others()
+        t2 = time.perf_counter()
+        part.add_(rest.to(net.device))
+    h = to_host(finish_gram(net, part, *_span_points(x, span))).numpy()
+    t3 = time.perf_counter()
+    tile = stage_tile(target, h)
+    return tile, TileTimes(t1 - t0, t2 - t1, t3 - t2, time.perf_counter() - t3)
+
+
 def span_tile(net: Network, x: torch.Tensor, span: Span, block: int | None,
               target: TileTarget) -> StagedTile | np.ndarray:
     """One tile of the whole net (all its neurons in net), finished and staged."""
-    return finish_span(net, x, span_partial(net, x, span, block, cpu=False), span, target)
+    return timed_tile(net, x, span, block, target)[0]
 
 
 def store_spans(store: TileStore, todo: list[tuple[int, int]]) -> list[Span]:
@@ -111,9 +143,9 @@ class LocalExecutor:
         self.block = cfg.gram.block
 
     def tiles(self, store: TileStore, todo: list[tuple[int, int]]
-              ) -> Iterator[tuple[tuple[int, int], StagedTile | np.ndarray]]:
+              ) -> Iterator[tuple[tuple[int, int], StagedTile | np.ndarray, TileTimes]]:
         for (i, j), span in zip(todo, store_spans(store, todo)):
-            yield (i, j), span_tile(self.net, self.x, span, self.block, store.target(i, j))
+            yield (i, j), *timed_tile(self.net, self.x, span, self.block, store.target(i, j))
 
     def info(self) -> dict:
         return {"device": str(self.device), "shard_nodes": [],

@@ -103,6 +103,7 @@ def run_gram_job(cfg: RunConfig, out_dir: Path, progress: bool = True) -> dict:
     # Nothing computed by this run: nothing ran anywhere to report on.
     info = {"device": None, "shard_nodes": [], "worker_peak_rss_bytes": None,
             "worker_base_rss_bytes": None}
+    phases = None  # where this run's tile seconds went: none computed, none to report
     t0 = time.perf_counter()
     try:
         if todo:
@@ -112,7 +113,7 @@ def run_gram_job(cfg: RunConfig, out_dir: Path, progress: bool = True) -> dict:
             with contextlib.closing(_executor(cfg, grid, x, device, placed)) as executor, \
                     tqdm(total=len(todo), desc=f"gram tiles (n={n}, {workers})", unit="tile",
                          disable=not progress, mininterval=1.0) as bar:
-                write_tiles(store, executor, finisher, todo, tracker, bar)
+                phases = write_tiles(store, executor, finisher, todo, tracker, bar)
                 info = executor.info()
             store.remove_temporaries()
             store.compact()
@@ -132,7 +133,8 @@ def run_gram_job(cfg: RunConfig, out_dir: Path, progress: bool = True) -> dict:
         "workers": plan.workers, "grid": list(grid) if plan.distributed else None,
         "shard_nodes": info["shard_nodes"], "tile": plan.tile, "tiles": len(store.all_tiles()),
         "tiles_computed": len(todo), "tiles_resumed": resumed, **spectral,
-        "seconds": seconds, **cost_report(store), "disk_bytes": store.disk_bytes(),
+        "seconds": seconds, **cost_report(store), "tile_phase_seconds": phases,
+        "disk_bytes": store.disk_bytes(),
         "worker_peak_rss_bytes": info["worker_peak_rss_bytes"],
         "worker_base_rss_bytes": info["worker_base_rss_bytes"],
         "peak_rss_bytes": peak_rss_bytes(),  # this process: assembly, factor, Lanczos

@@ -20,6 +20,7 @@ from fntk_dist.errors import ConfigError
 from fntk_dist.gram import TileStore, iter_tiles, load_gram
 from fntk_dist.gram.job import run_gram_job
 from fntk_dist.gram.tile_store import JOURNAL
+from fntk_dist.gram.tiles import PHASES
 
 MODELS = {
     "dense": {"mode": "dense", "m": 300},
@@ -84,6 +85,10 @@ def test_any_grid_gives_the_single_process_gram(ray_cluster, tmp_path, mode):
         assert summary["workers"] == (1 if grid is None else grid[0] * grid[1])
         assert summary["tiles"] == 10 and summary["tiles_computed"] == 10
         assert summary["lambda_min"] == pytest.approx(np.linalg.eigvalsh(ref)[0], rel=1e-8)
+        phases = summary["tile_phase_seconds"]
+        assert tuple(phases) == PHASES and min(phases.values()) >= 0 and phases["partial"] > 0
+        # Only a width-split root waits for the other shards' sum.
+        assert (phases["wait"] > 0) == (grid is not None and grid[0] > 1)
 
 
 def test_roots_write_beside_the_store_or_send_tiles_they_cannot_store(ray_cluster, tmp_path,
@@ -144,6 +149,9 @@ def test_local_and_ray_executors_write_the_same_store_and_summary(ray_cluster, t
         assert s["lambda_inf"] > 0 and 0 < s["gram_rel_err_inf"] < 1
         assert s["tiles_computed"] == 10 and s["tiles_per_s"] > 0 and s["gflops"] > 0
         assert s["worker_peak_rss_bytes"] >= s["worker_base_rss_bytes"] > 0
+    # One process, one tile at a time: its phases fall within the tiles' wall time.
+    phases = local["tile_phase_seconds"]
+    assert sum(phases[p] for p in PHASES if p != "commit") <= local["tile_seconds"]
     assert local["gram_rel_err_inf"] == pytest.approx(on_ray["gram_rel_err_inf"], rel=1e-8)
     # Either executor resumes the other's store: the key is the net, data and tiling.
     flip_a_byte(tmp_path / "ray" / "tiles" / "t_0_3.arrow")
@@ -159,6 +167,7 @@ def test_a_resumed_summary_reports_the_whole_runs_rates(tmp_path):
     assert not (out / JOURNAL).exists()  # the job folded its journal into manifest.json
     again = run_gram_job(cfg, out, progress=False)
     assert again["tiles_computed"] == 0 and again["tiles_resumed"] == 10
+    assert again["tile_phase_seconds"] is None  # this run computed no tile
     for key in ("tile_seconds", "tiles_per_s", "gflops"):  # from the tiles' manifest entries
         assert again[key] == pytest.approx(first[key], rel=1e-12) and again[key] > 0
     flip_a_byte(out / "tiles" / "t_2_3.arrow")
