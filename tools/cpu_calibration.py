@@ -9,7 +9,8 @@ then), the first tiles of fresh actors beyond later ones (cold start), a Ray cal
 the bytes/s of a partial returned by an actor, a root's finish of a tile, the bytes/s of writing
 a tile file and the driver's commit of one against its bytes. The jobs run interleaved,
 --repeats times, on one embedded Ray cluster; measured: median [min-max] of each job's tile
-seconds.
+seconds, and per tile the phases the job times (its summary's tile_phase_seconds) beside the
+model's.
 """
 
 from __future__ import annotations
@@ -28,7 +29,16 @@ from gpu_scaling import stage_and_commit
 from timing import spread, wall_times
 
 from fntk_dist.config import build_config
-from fntk_dist.gram.grid_plan import CPU_RATES, TileCosts, kernel_seconds, predict, tile_costs
+from fntk_dist.gram.grid_plan import (
+    CPU_RATES,
+    Rates,
+    TileCosts,
+    kernel_seconds,
+    predict,
+    reduction_levels,
+    tile_costs,
+)
+from fntk_dist.gram.tiles import PHASES
 from fntk_dist.models.config import ModelConfig
 
 
@@ -263,6 +273,34 @@ def run_job(cfg) -> tuple[float, tuple[int, int] | None, dict[str, float]]:
     return summary["tile_seconds"], (tuple(grid) if grid else None), phases
 
 
+def phase_seconds(costs: list[TileCosts], m: int, grid: tuple[int, int], rates: Rates
+                  ) -> dict[str, float]:
+    """The model's seconds per tile, averaged over the sweep, of each phase a job times
+    (fntk_dist.gram.tiles.PHASES): the root's own partial (its kernel at the shared rate when
+    actors share the cores, and its group's cold start spread over the group's tiles), its
+    wait for the others' sum (their tree's links and calls), the finish, the tile file (the
+    root's three stretched where actors outnumber the cores), the driver's commit."""
+    width, rows = grid
+    shard = math.ceil(m / width)
+    tiles = sum(c.count for c in costs)
+    actors = width * rows
+    slow = 1 / rates.shared_rate if rates.cores is not None and actors > 1 else 1.0
+    # More actors than cores time-share them: a root's own work stretches by actors / cores.
+    stretch = max(1.0, actors / rates.cores) if rates.cores is not None else 1.0
+    out = dict.fromkeys(PHASES, 0.0)
+    for c in costs:
+        out["partial"] += c.count * kernel_seconds(c, shard, rates) * slow
+        out["wait"] += c.count * reduction_levels(width) * (
+            rates.call_s + c.partial_bytes / rates.link_bytes_s)
+        out["finish"] += c.count * (rates.finish_s + c.finish_flops / rates.finish_flops)
+        out["stage"] += c.count * c.tile_bytes / rates.store_bytes_s
+        out["commit"] += c.count * (rates.commit_s + c.tile_bytes / rates.flush_bytes_s)
+    out["partial"] += rates.cold_s * rows
+    for name in ("partial", "finish", "stage"):
+        out[name] *= stretch
+    return {name: s / tiles for name, s in out.items()}
+
+
 def calibrate(args: argparse.Namespace) -> None:
     import os
 
@@ -283,12 +321,14 @@ def calibrate(args: argparse.Namespace) -> None:
     if args.cal_mode == "sketch_in":
         model["sketch"] = "gaussian"
     measured: dict[int, list[float]] = {w: [] for w in args.workers}
+    went: dict[int, list[dict[str, float]]] = {w: [] for w in args.workers}
     shapes: dict[int, tuple[int, int] | None] = {}
     for _ in range(args.repeats):  # interleaved: 1, 2, 4, 1, 2, 4, ...
         for workers in args.workers:
-            seconds, grid, _ = run_job(job_config(model, args.job_n, args.cal_d, args.job_tile,
-                                               workers))
+            seconds, grid, phases = run_job(job_config(model, args.job_n, args.cal_d,
+                                                       args.job_tile, workers))
             measured[workers].append(seconds)
+            went[workers].append(phases)
             shapes[workers] = grid
     mc = ModelConfig(**model)
     costs = tile_costs(mc, args.cal_d, args.job_n, args.job_tile)
@@ -303,3 +343,10 @@ def calibrate(args: argparse.Namespace) -> None:
         med = statistics.median(measured[workers])
         print(f"{workers:6d} {grid[0]:>2}x{grid[1]:<2} {spread(measured[workers]):>32} "
               f"{p.total_s:12.4f} {100 * (p.total_s - med) / med:+6.1f}%")
+    print("per tile, ms: the jobs' tile_phase_seconds (medians) and the model's (in parentheses)")
+    for workers in args.workers:
+        grid = shapes[workers] or (workers, 1)
+        model_ms = phase_seconds(costs, mc.m, grid, rates)
+        print(f"{workers:6d} {grid[0]:>2}x{grid[1]:<2} " + "  ".join(
+            f"{name} {1e3 * statistics.median(w[name] for w in went[workers]):.1f} "
+            f"({1e3 * model_ms[name]:.1f})" for name in PHASES))

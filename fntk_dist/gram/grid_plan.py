@@ -241,14 +241,19 @@ def kernel_seconds(c: TileCosts, shard: int, rates: Rates, block: int | None = N
             + c.activations * shard * rates.activation_s)
 
 
+def reduction_levels(width: int) -> int:
+    """Partials a root's tile waits for in turn: the other W - 1 shards' tree, ceil(log2
+    (W - 1)) levels, then its sum into the root."""
+    return (math.ceil(math.log2(width - 1)) if width > 2 else 0) + (width > 1)
+
+
 def predict(costs: list[TileCosts], m: int, width: int, rows: int, rates: Rates,
             block: int | None = None) -> Prediction:
     """One sweep of the tiles `costs` on `width` x `rows` actors (efficiency left 0: see
     plan, which compares with one actor)."""
     shard = math.ceil(m / width)  # the widest shard sets the pace of its tile
     tiles = sum(c.count for c in costs)
-    # The others' tree, then its sum into the root: ceil(log2 (W - 1)) + 1 partials in turn.
-    levels = (math.ceil(math.log2(width - 1)) if width > 2 else 0) + (width > 1)
+    levels = reduction_levels(width)
     kernel = root = comm = driver = moved = 0.0
     slow = 1.0 / rates.shared_rate if rates.cores is not None and width * rows > 1 else 1.0
     for c in costs:

@@ -1,8 +1,9 @@
-"""tools/cpu_calibration.fit_kernel: the scaling model's kernel fit recovers the rates that
-made its samples, and follows them when they change."""
+"""tools/cpu_calibration: the scaling model's kernel fit recovers the rates that made its
+samples, and follows them when they change; the model's phases per tile agree with its plan."""
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -10,9 +11,9 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
-from cpu_calibration import fit_kernel  # noqa: E402
+from cpu_calibration import fit_kernel, phase_seconds  # noqa: E402
 
-from fntk_dist.gram.grid_plan import CPU_RATES, kernel_seconds, tile_costs  # noqa: E402
+from fntk_dist.gram.grid_plan import CPU_RATES, kernel_seconds, predict, tile_costs  # noqa: E402
 from fntk_dist.models.config import ModelConfig  # noqa: E402
 
 
@@ -38,3 +39,25 @@ def test_the_fit_recovers_the_rates_of_its_samples(peak, half, act_s):
     assert got[0] == pytest.approx(peak, rel=1e-6)
     assert got[1] == pytest.approx(half, rel=1e-9)
     assert got[2] == pytest.approx(act_s, rel=1e-6, abs=1e-15)
+
+
+@pytest.mark.parametrize("grid", [(1, 1), (2, 1), (1, 2), (3, 2)])
+def test_the_phases_per_tile_add_up_to_the_plans_terms(grid):
+    """phase_seconds, which --calibrate sets beside the jobs' timed phases, is the plan's own
+    account tile by tile: over a group's share of the sweep its root's phases are the plan's
+    compute, its waits the plan's communication, and the commits the driver's seconds."""
+    model = ModelConfig(mode="sketch_in", m=4096, k=16)
+    costs = tile_costs(model, 32, 1024, 256)  # 10 tiles: 4 diagonal, 6 off it
+    rates = replace(CPU_RATES, cores=None)  # an actor per core: no time-sharing
+    width, rows = grid
+    phases = phase_seconds(costs, model.m, grid, rates)
+    p = predict(costs, model.m, width, rows, rates)
+    tiles = sum(c.count for c in costs)
+    share = math.ceil(tiles / rows)  # the tiles of the busiest group
+    root = phases["partial"] + phases["finish"] + phases["stage"]
+    # The plan counts one group's cold start; the phases spread every group's over the tiles.
+    cold = rates.cold_s * rows / tiles
+    assert (root - cold) * share + rates.cold_s == pytest.approx(p.compute_s, rel=1e-12)
+    assert phases["wait"] * share == pytest.approx(p.comm_s, rel=1e-12, abs=1e-15)
+    assert (phases["wait"] > 0) == (width > 1)
+    assert phases["commit"] * tiles == pytest.approx(p.driver_s, rel=1e-12)
