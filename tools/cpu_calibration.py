@@ -35,8 +35,8 @@ from fntk_dist.gram.grid_plan import (
     TileCosts,
     kernel_seconds,
     predict,
-    reduction_levels,
     tile_costs,
+    tile_phases,
 )
 from fntk_dist.gram.tiles import PHASES
 from fntk_dist.models.config import ModelConfig
@@ -289,13 +289,10 @@ def phase_seconds(costs: list[TileCosts], m: int, grid: tuple[int, int], rates: 
     stretch = max(1.0, actors / rates.cores) if rates.cores is not None else 1.0
     out = dict.fromkeys(PHASES, 0.0)
     for c in costs:
-        out["partial"] += c.count * kernel_seconds(c, shard, rates) * slow
-        out["wait"] += c.count * reduction_levels(width) * (
-            rates.call_s + c.partial_bytes / rates.link_bytes_s)
-        out["finish"] += c.count * (rates.finish_s + c.finish_flops / rates.finish_flops)
-        out["stage"] += c.count * c.tile_bytes / rates.store_bytes_s
-        out["commit"] += c.count * (rates.commit_s + c.tile_bytes / rates.flush_bytes_s)
-    out["partial"] += rates.cold_s * rows
+        t = tile_phases(c, shard, width, rates)
+        for name in PHASES:
+            out[name] += c.count * t[name]
+    out["partial"] = out["partial"] * slow + rates.cold_s * rows
     for name in ("partial", "finish", "stage"):
         out[name] *= stretch
     return {name: s / tiles for name, s in out.items()}

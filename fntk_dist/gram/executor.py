@@ -99,8 +99,12 @@ def finish_span(net: Network, x: torch.Tensor, part: GramPartial, span: Span,
                 target: TileTarget) -> StagedTile | np.ndarray:
     """The tile from the partial of all neurons, finished on net's device (net: any shard of
     the net) and staged at `target` (or the array, for a target with no path)."""
-    h = finish_gram(net, part.to(net.device), *_span_points(x, span))
-    return stage_tile(target, to_host(h).numpy())
+    return stage_tile(target, _finished(net, x, part, span))
+
+
+def _finished(net: Network, x: torch.Tensor, part: GramPartial, span: Span) -> np.ndarray:
+    """The tile from the partial of all neurons, finished on net's device, on the host."""
+    return to_host(finish_gram(net, part.to(net.device), *_span_points(x, span))).numpy()
 
 
 def timed_tile(net: Network, x: torch.Tensor, span: Span, block: int | None,
@@ -115,7 +119,7 @@ def timed_tile(net: Network, x: torch.Tensor, span: Span, block: int | None,
         rest = others()
         t2 = time.perf_counter()
         part.add_(rest.to(net.device))
-    h = to_host(finish_gram(net, part, *_span_points(x, span))).numpy()
+    h = _finished(net, x, part, span)
     t3 = time.perf_counter()
     tile = stage_tile(target, h)
     return tile, TileTimes(t1 - t0, t2 - t1, t3 - t2, time.perf_counter() - t3)

@@ -247,29 +247,39 @@ def reduction_levels(width: int) -> int:
     return (math.ceil(math.log2(width - 1)) if width > 2 else 0) + (width > 1)
 
 
+def tile_phases(c: TileCosts, shard: int, width: int, rates: Rates, block: int | None = None
+                ) -> dict[str, float]:
+    """One tile's seconds in each phase a job times (fntk_dist.gram.tiles.PHASES), its root
+    writing it beside the store: the root's kernel over `shard` neurons alone on its core, its
+    wait for the sum of the other W - 1 shards (their tree's links and calls), the finish, the
+    tile file, and the driver's commit."""
+    return {"partial": kernel_seconds(c, shard, rates, block),
+            "wait": reduction_levels(width) * (rates.call_s
+                                               + c.partial_bytes / rates.link_bytes_s),
+            "finish": rates.finish_s + c.finish_flops / rates.finish_flops,
+            "stage": c.tile_bytes / rates.store_bytes_s,
+            "commit": rates.commit_s + c.tile_bytes / rates.flush_bytes_s}
+
+
 def predict(costs: list[TileCosts], m: int, width: int, rows: int, rates: Rates,
             block: int | None = None) -> Prediction:
     """One sweep of the tiles `costs` on `width` x `rows` actors (efficiency left 0: see
     plan, which compares with one actor)."""
     shard = math.ceil(m / width)  # the widest shard sets the pace of its tile
     tiles = sum(c.count for c in costs)
-    levels = reduction_levels(width)
     kernel = root = comm = driver = moved = 0.0
     slow = 1.0 / rates.shared_rate if rates.cores is not None and width * rows > 1 else 1.0
     for c in costs:
-        seconds = kernel_seconds(c, shard, rates, block)
-        send = rates.call_s + c.partial_bytes / rates.link_bytes_s
-        store = c.tile_bytes / rates.store_bytes_s
-        finishing = rates.finish_s + c.finish_flops / rates.finish_flops
-        kernel += c.count * seconds * slow
-        comm += c.count * levels * send
+        t = tile_phases(c, shard, width, rates, block)
+        kernel += c.count * t["partial"] * slow
+        comm += c.count * t["wait"]
         moved += c.count * c.partial_bytes * (width > 1)
-        driver += c.count * (rates.commit_s + c.tile_bytes / rates.flush_bytes_s)
+        driver += c.count * t["commit"]
         if rates.shared_store:
-            root += c.count * (finishing + store)
+            root += c.count * (t["finish"] + t["stage"])
         else:  # the root sends the finished tile, the driver writes it
-            root += c.count * (finishing + rates.call_s + c.tile_bytes / rates.link_bytes_s)
-            driver += c.count * (c.tile_bytes / rates.link_bytes_s + store)
+            root += c.count * (t["finish"] + rates.call_s + c.tile_bytes / rates.link_bytes_s)
+            driver += c.count * (c.tile_bytes / rates.link_bytes_s + t["stage"])
             moved += c.count * c.tile_bytes / width  # one actor in W sends it
     # Tiles are dealt to the group with the fewest pending: each takes about ceil(T / R) of
     # them, so a group's share of the sweep's work is ceil(T / R) / T.

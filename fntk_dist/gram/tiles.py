@@ -4,13 +4,13 @@ computer could not reach the store) with its cost, and report progress."""
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
 from ..track import Tracker
-from .executor import TileExecutor
+from .executor import TileExecutor, TileTimes
 from .tile_file import StagedTile
 from .tile_store import TileStore
 
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from ..models.network import Network
 
 # Where a tile's seconds go: its root's phases (executor.TileTimes), then the driver's commit.
-PHASES = ("partial", "wait", "finish", "stage", "commit")
+PHASES = (*(f.name for f in fields(TileTimes)), "commit")
 
 
 def write_tiles(store: TileStore, executor: TileExecutor, finisher: Network,
