@@ -31,12 +31,11 @@ from timing import spread, wall_times
 from fntk_dist.config import build_config
 from fntk_dist.gram.grid_plan import (
     CPU_RATES,
-    Rates,
     TileCosts,
     kernel_seconds,
+    phase_seconds,
     predict,
     tile_costs,
-    tile_phases,
 )
 from fntk_dist.gram.tiles import PHASES
 from fntk_dist.models.config import ModelConfig
@@ -271,31 +270,6 @@ def run_job(cfg) -> tuple[float, tuple[int, int] | None, dict[str, float]]:
     tiles = summary["tiles_computed"]
     phases = {name: s / tiles for name, s in summary["tile_phase_seconds"].items()}
     return summary["tile_seconds"], (tuple(grid) if grid else None), phases
-
-
-def phase_seconds(costs: list[TileCosts], m: int, grid: tuple[int, int], rates: Rates
-                  ) -> dict[str, float]:
-    """The model's seconds per tile, averaged over the sweep, of each phase a job times
-    (fntk_dist.gram.tiles.PHASES): the root's own partial (its kernel at the shared rate when
-    actors share the cores, and its group's cold start spread over the group's tiles), its
-    wait for the others' sum (their tree's links and calls), the finish, the tile file (the
-    root's three stretched where actors outnumber the cores), the driver's commit."""
-    width, rows = grid
-    shard = math.ceil(m / width)
-    tiles = sum(c.count for c in costs)
-    actors = width * rows
-    slow = 1 / rates.shared_rate if rates.cores is not None and actors > 1 else 1.0
-    # More actors than cores time-share them: a root's own work stretches by actors / cores.
-    stretch = max(1.0, actors / rates.cores) if rates.cores is not None else 1.0
-    out = dict.fromkeys(PHASES, 0.0)
-    for c in costs:
-        t = tile_phases(c, shard, width, rates)
-        for name in PHASES:
-            out[name] += c.count * t[name]
-    out["partial"] = out["partial"] * slow + rates.cold_s * rows
-    for name in ("partial", "finish", "stage"):
-        out[name] *= stretch
-    return {name: s / tiles for name, s in out.items()}
 
 
 def calibrate(args: argparse.Namespace) -> None:

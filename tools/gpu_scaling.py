@@ -10,10 +10,15 @@ host's CPU and is not part of the grid model). Two predictions per job:
   at 1 GB/s; CPU_RATES on a CPU);
 - measured: the same with this run's GEMM peaks (the net's dtype; bf16 for the 0/1 mask
   products on CUDA), the bytes/s of staging one of the job's tiles and the bytes/s at which
-  its commit writes it to disk, measured here.
+  its commit writes it to disk, measured here; no cold start (the timed calls follow a
+  warm-up call in the same process; CPU_RATES has one, the GPU figures none).
 
 Each row also times the tiles' compute alone (partial, finish, copy to the host, no file) so
-that the job's seconds split into compute and storing.
+that the job's seconds split into compute and storing, and says where a tile's seconds went
+in the job (write_tiles' phases per tile, medians of the timed calls) beside the model's
+account of them with the measured rates (grid_plan.phase_seconds). Those are host clocks: on
+a GPU the kernels run asynchronously, so the partial's count in the finish, which waits for
+them.
 """
 
 from __future__ import annotations
@@ -33,11 +38,23 @@ from tqdm import tqdm
 
 from fntk_dist.config import RunConfig
 from fntk_dist.gram.executor import LocalExecutor, span_tile, store_spans
-from fntk_dist.gram.grid_plan import CPU_RATES, Rates, h100_rates, predict, tile_costs
+from fntk_dist.gram.grid_plan import (
+    CPU_RATES,
+    Rates,
+    h100_rates,
+    phase_seconds,
+    predict,
+    tile_costs,
+)
 from fntk_dist.gram.tile_file import stage_tile
 from fntk_dist.gram.tile_store import TileStore
 from fntk_dist.gram.tiles import write_tiles
 from fntk_dist.track import make_tracker
+
+# write_tiles' phases (fntk_dist.gram.tiles.PHASES) as the report's columns name them; the
+# wait for other width shards is none in a one-device job.
+PHASE_NAMES = {"partial": "partial", "finish": "finish", "stage": "tile file",
+               "commit": "commit"}
 
 # (n, tile, dtype) of the jobs: one tile of the Gram benchmark's size, the same net over ten
 # smaller tiles (per-tile costs), and the float64 net's tile.
@@ -120,8 +137,9 @@ def _predicted(cfg: RunConfig, n: int, tile: int, rates: Rates) -> dict:
 
 
 def _job_times(cfg: RunConfig, x: torch.Tensor, device: torch.device, repeats: int
-               ) -> tuple[dict, dict, int]:
-    """(the tile phase's seconds, the tiles' compute alone, tiles) of cfg's job on device."""
+               ) -> tuple[dict, dict, int, dict]:
+    """(the tile phase's seconds, the tiles' compute alone, tiles, the job's seconds per tile
+    in each phase write_tiles times: medians of the timed calls) of cfg's job on device."""
     n, tile, dtype = cfg.data.n, cfg.gram.tile, cfg.model.dtype
     executor = LocalExecutor(cfg, x, device)
     with tempfile.TemporaryDirectory() as tmp:
@@ -130,12 +148,14 @@ def _job_times(cfg: RunConfig, x: torch.Tensor, device: torch.device, repeats: i
         spans = store_spans(layout, todo)
         away = [layout.target(i, j, reachable=False) for i, j in todo]
         folder = Path(tmp) / "run"
+        went: list[dict[str, float]] = []
 
         def job() -> None:
             store = _store(folder / "store", n, tile, dtype)
             with tqdm(disable=True) as bar:
-                write_tiles(store, executor, executor.net, todo,
-                            make_tracker(cfg.tracking, folder, "bench_gpu", {}), bar)
+                went.append(write_tiles(store, executor, executor.net, todo,
+                                        make_tracker(cfg.tracking, folder, "bench_gpu", {}),
+                                        bar))
             store.compact()
 
         def compute() -> None:
@@ -145,7 +165,9 @@ def _job_times(cfg: RunConfig, x: torch.Tensor, device: torch.device, repeats: i
         measured = _timed(job, repeats, lambda: shutil.rmtree(folder, ignore_errors=True))
         alone = _timed(compute, repeats)
     executor.close()
-    return measured, alone, len(todo)
+    timed = went[1:]  # _timed's first call warms up
+    phases = {name: statistics.median(w[name] for w in timed) / len(todo) for name in timed[0]}
+    return measured, alone, len(todo), phases
 
 
 def scaling_runs(size: dict, small: bool, device: torch.device, peak: dict, repeats: int,
@@ -155,21 +177,24 @@ def scaling_runs(size: dict, small: bool, device: torch.device, peak: dict, repe
     out = []
     for n, tile, dtype in JOBS["small" if small else "target"]:
         cfg = _config(size, n, tile, dtype, device)
-        measured, alone, tiles = _job_times(cfg, points(n, size["d"], getattr(torch, dtype)),
-                                            device, repeats)
+        measured, alone, tiles, phases = _job_times(
+            cfg, points(n, size["d"], getattr(torch, dtype)), device, repeats)
         stated = h100_rates(dtype) if device.type == "cuda" else CPU_RATES
         flops = peak[dtype]["tflops"] * 1e12
         stage, flush = file_rates(tile, dtype, repeats, stated.commit_s)
         here = replace(stated, peak_flops=flops, finish_flops=flops,
                        count_flops=peak["bf16"]["tflops"] * 1e12 if stated.count_flops else None,
-                       store_bytes_s=stage, flush_bytes_s=flush)
+                       store_bytes_s=stage, flush_bytes_s=flush, cold_s=0.0)
         out.append({"mode": "sketch_in", "n": n, "tile": tile, "tiles": tiles, "dtype": dtype,
                     "m": size["m"], "d": size["d"], "k": size["k"], **measured,
                     "compute_s": alone["median_s"], "store_bytes_s": here.store_bytes_s,
                     "flush_bytes_s": here.flush_bytes_s,
                     "stated_rates": stated.name,
                     "predicted_stated": _predicted(cfg, n, tile, stated),
-                    "predicted_measured": _predicted(cfg, n, tile, here)})
+                    "predicted_measured": _predicted(cfg, n, tile, here),
+                    "phases_s": phases,
+                    "predicted_phases_s": phase_seconds(
+                        tile_costs(cfg.model, cfg.data.d, n, tile), cfg.model.m, (1, 1), here)})
     return out
 
 
@@ -192,4 +217,16 @@ def markdown(rows: list) -> list[str]:
                      f"k={r['k']} | {r['dtype']} | {r['tiles']} | {r['median_s']:.4g} "
                      f"[{r['min_s']:.4g}, {r['max_s']:.4g}] | {r['compute_s']:.4g} | "
                      f"{' | '.join(cells)} | {r['store_bytes_s'] / 1e9:.3g} |{extra}")
+    if all("phases_s" in r for r in rows):  # reports before run 17 have none
+        lines += ["", "Where a tile's seconds went in those jobs, ms per tile (medians of the "
+                  "timed calls; the model's with the measured rates in parentheses). Host "
+                  "clocks: on a GPU the kernels run asynchronously and count in the finish.",
+                  "", "| one-device `fntk gram` tiles | dtype | "
+                  + " | ".join(PHASE_NAMES.values()) + " |",
+                  "|---|---|" + "---|" * len(PHASE_NAMES)]
+        for r in rows:
+            lines.append(f"| {r['mode']} n={r['n']} tile={r['tile']} | {r['dtype']} | "
+                         + " | ".join(f"{1e3 * r['phases_s'][k]:.3g} "
+                                      f"({1e3 * r['predicted_phases_s'][k]:.3g})"
+                                      for k in PHASE_NAMES) + " |")
     return lines

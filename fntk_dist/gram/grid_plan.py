@@ -261,6 +261,31 @@ def tile_phases(c: TileCosts, shard: int, width: int, rates: Rates, block: int |
             "commit": rates.commit_s + c.tile_bytes / rates.flush_bytes_s}
 
 
+def phase_seconds(costs: list[TileCosts], m: int, grid: tuple[int, int], rates: Rates
+                  ) -> dict[str, float]:
+    """The model's seconds per tile, averaged over the sweep, of each phase a job times
+    (tile_phases' keys, fntk_dist.gram.tiles.PHASES): the root's own partial (its kernel at
+    the shared rate when actors share the cores, and its group's cold start spread over the
+    group's tiles), its
+    wait for the others' sum (their tree's links and calls), the finish, the tile file (the
+    root's three stretched where actors outnumber the cores), the driver's commit."""
+    width, rows = grid
+    shard = math.ceil(m / width)
+    tiles = sum(c.count for c in costs)
+    actors = width * rows
+    slow = 1 / rates.shared_rate if rates.cores is not None and actors > 1 else 1.0
+    # More actors than cores time-share them: a root's own work stretches by actors / cores.
+    stretch = max(1.0, actors / rates.cores) if rates.cores is not None else 1.0
+    out: dict[str, float] = {}
+    for c in costs:
+        for name, s in tile_phases(c, shard, width, rates).items():
+            out[name] = out.get(name, 0.0) + c.count * s
+    out["partial"] = out["partial"] * slow + rates.cold_s * rows
+    for name in ("partial", "finish", "stage"):
+        out[name] *= stretch
+    return {name: s / tiles for name, s in out.items()}
+
+
 def predict(costs: list[TileCosts], m: int, width: int, rows: int, rates: Rates,
             block: int | None = None) -> Prediction:
     """One sweep of the tiles `costs` on `width` x `rows` actors (efficiency left 0: see

@@ -11,9 +11,15 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
-from cpu_calibration import fit_kernel, phase_seconds  # noqa: E402
+from cpu_calibration import fit_kernel  # noqa: E402
 
-from fntk_dist.gram.grid_plan import CPU_RATES, kernel_seconds, predict, tile_costs  # noqa: E402
+from fntk_dist.gram.grid_plan import (  # noqa: E402
+    CPU_RATES,
+    kernel_seconds,
+    phase_seconds,
+    predict,
+    tile_costs,
+)
 from fntk_dist.models.config import ModelConfig  # noqa: E402
 
 

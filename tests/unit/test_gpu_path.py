@@ -16,6 +16,7 @@ import torch
 
 from fntk_dist import TwoLayerNet
 from fntk_dist.gram.executor import span_partial
+from fntk_dist.gram.tiles import PHASES
 from fntk_dist.models.blocks import (
     CPU_BLOCK_ACTIVATIONS,
     default_block,
@@ -121,10 +122,16 @@ def test_bench_gpu_runs_its_code_path_on_the_cpu(tmp_path):
         assert s["stated_rates"] == "cpu"
         for p in (s["predicted_stated"], s["predicted_measured"]):
             assert 0 < p["compute_s"] < p["s"]  # writing the tile files costs something
+        # Where a tile's seconds went: every phase the job times, and the model's account.
+        for phases in (s["phases_s"], s["predicted_phases_s"]):
+            assert list(phases) == list(PHASES) and phases["wait"] == 0
+            assert all(phases[k] > 0 for k in PHASES if k != "wait")
+        assert sum(s["phases_s"].values()) * s["tiles"] <= s["max_s"]
     text = (out / "report.md").read_text()
     assert text.startswith("# GPU check: CPU") and "| dense n=256 m=2048 d=64 | float64 |" in text
     assert "| sketch_in n=512 tile=128 m=2048 d=64 k=16 | float32 | 10 |" in text
     assert "commit's write GB/s |" in text
+    assert "| sketch_in n=512 tile=128 | float32 | " in text  # the phases' table
     # --render remakes the Markdown from the JSON alone (how docs/gpu is regenerated).
     again = subprocess.run([*cmd[:2], "--render", str(out / "report.json")], capture_output=True,
                            text=True, timeout=120, cwd=ROOT)
