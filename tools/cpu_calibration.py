@@ -2,15 +2,15 @@
 the rates of the grid plan (fntk_dist.gram.grid_plan.Rates) measured one by one, then real
 `fntk gram` jobs on 1, 2 and 4 one-thread actors against the model fed those rates.
 
-Measured: the tile kernel's seconds in a one-thread actor on off-diagonal tiles, against neurons
-per block and against the tile's rows (fitted: peak, half-rate width and seconds per
-pre-activation), the jobs' kernel again on one actor per core at once (the rate each keeps
-then), the first tiles of fresh actors beyond later ones (cold start), a Ray call's overhead and
-the bytes/s of a partial returned by an actor, a root's finish of a tile, the bytes/s of writing
-a tile file and the driver's commit of one against its bytes. The jobs run interleaved,
---repeats times, on one embedded Ray cluster; measured: median [min-max] of each job's tile
-seconds, and per tile the phases the job times (its summary's tile_phase_seconds) beside the
-model's.
+Measured: the tile kernel's seconds in a one-thread actor on off-diagonal tiles, against
+neurons per block and against the tile's rows, and on diagonal tiles (fitted: peak, half-rate
+width, seconds per pre-activation and per operand row of its products), the jobs' kernel again
+on one actor per core at once (the rate each keeps then), the first tiles of fresh actors
+beyond later ones (cold start), a Ray call's overhead and the bytes/s of a partial returned by
+an actor, a root's finish of a tile, the bytes/s of writing a tile file and the driver's commit
+of one against its bytes. The jobs run interleaved, --repeats times, on one embedded Ray
+cluster; measured: median [min-max] of each job's tile seconds, and per tile the phases the job
+times (its summary's tile_phase_seconds) beside the model's.
 """
 
 from __future__ import annotations
@@ -75,52 +75,56 @@ class KernelProbe:
         seconds = [self._seconds(net, span) for span in spans]
         return seconds[0] + seconds[1] - 2 * statistics.median(seconds[2:])
 
-    def kernel(self, cases: list[tuple[int, int]], rounds: int) -> list[float]:
-        """The median seconds of each (neurons, tile rows) case's off-diagonal tile over
-        `rounds` rounds, the cases taken in turn each round (so a slow spell of the host falls
-        on all of them)."""
+    def kernel(self, cases: list[tuple[int, int, bool]], rounds: int) -> list[float]:
+        """The median seconds of each (neurons, tile rows, diagonal) case's tile over `rounds`
+        rounds, the cases taken in turn each round (so a slow spell of the host falls on all
+        of them): an off-diagonal tile, or a diagonal one (the symmetric path)."""
         d = self.x.shape[1]
-        nets = {w: self.model.model_copy(update={"m": w}).build(d) for w, _ in cases}
+        nets = {w: self.model.model_copy(update={"m": w}).build(d) for w, _, _ in cases}
         seconds: list[list[float]] = [[] for _ in cases]
         for _ in range(rounds + 1):  # the first round warms every case's memory up
-            for times, (w, t) in zip(seconds, cases):
-                times.append(self._seconds(nets[w], ((0, t), (t, 2 * t))))
+            for times, (w, t, diag) in zip(seconds, cases):
+                times.append(self._seconds(nets[w], ((0, t), (0, t) if diag else (t, 2 * t))))
         return [statistics.median(times[1:]) for times in seconds]
 
 
-def fit_kernel(samples: list[tuple[TileCosts, int, float]]) -> tuple[float, float, float]:
-    """(peak FLOP/s, half-rate width, seconds per pre-activation) of the plan's kernel_seconds
-    fitted to (tile, neurons, seconds) samples: for each half-rate width on a grid, the two
-    others by least squares in relative error (weights 1/t^2: thin kernels, which take
-    milliseconds, count as much as wide ones); the half-rate width of least residual."""
+def fit_kernel(samples: list[tuple[TileCosts, int, float]]
+               ) -> tuple[float, float, float, float]:
+    """(peak FLOP/s, half-rate width, seconds per pre-activation, seconds per operand row) of
+    the plan's kernel_seconds fitted to (tile, neurons, seconds) samples: for each half-rate
+    width on a grid, the three others by least squares in relative error (weights 1/t^2: thin
+    kernels, which take milliseconds, count as much as wide ones), none negative (a term that
+    would be is left out); the half-rate width of least residual. On off-diagonal tiles the
+    pre-activations and the operand rows grow alike: diagonal tiles tell them apart."""
     best = None
     for half in [0.0] + [4 * 1.25 ** i for i in range(40)]:
         unit = replace(CPU_RATES, peak_flops=1.0, half_width=half, call_s=0.0, activation_s=0.0,
-                       count_flops=None)
-        rows = [(kernel_seconds(c, w, unit), c.activations * w, t) for c, w, t in samples]
-        # Normal equations of min sum ((a x + b y - t) / t)^2 over (a, b) = (1 / peak, act_s).
-        xx = sum(x * x / t ** 2 for x, _, t in rows)
-        xy = sum(x * y / t ** 2 for x, y, t in rows)
-        yy = sum(y * y / t ** 2 for _, y, t in rows)
-        xt = sum(x / t for x, _, t in rows)
-        yt = sum(y / t for _, y, t in rows)
-        det = xx * yy - xy * xy
-        a, b = (yy * xt - xy * yt) / det, (xx * yt - xy * xt) / det
-        if b < 0:  # no pass through memory costs less than nothing: products alone
-            a, b = xt / xx, 0.0
-        residual = sum(((a * x + b * y) / t - 1) ** 2 for x, y, t in rows)
-        if a > 0 and (best is None or residual < best[0]):
-            best = (residual, 1 / a, half, b)
+                       operand_s=0.0, count_flops=None)
+        # Each term of kernel_seconds alone, at a unit coefficient.
+        terms = [unit, replace(unit, peak_flops=math.inf, activation_s=1.0),
+                 replace(unit, peak_flops=math.inf, operand_s=1.0)]
+        a = np.array([[kernel_seconds(c, w, r) / t for r in terms] for c, w, t in samples])
+        for keep in ([0, 1, 2], [0, 1], [0, 2], [0]):
+            coef = np.linalg.lstsq(a[:, keep], np.ones(len(a)), rcond=None)[0]
+            if (coef < 0).any() or coef[0] == 0:
+                continue
+            full = np.zeros(3)
+            full[keep] = coef
+            residual = float(((a @ full - 1) ** 2).sum())
+            if best is None or residual < best[0]:
+                best = (residual, half, full)
     if best is None:
         raise SystemExit("cpu_calibration: no positive kernel rate fits the measured seconds "
                          f"{[round(t, 6) for _, _, t in samples]}")
-    return best[1], best[2], best[3]
+    _, half, (inv_peak, act_s, operand_s) = best
+    return 1 / inv_peak, half, float(act_s), float(operand_s)
 
 
-def calibrate_kernel(args: argparse.Namespace) -> tuple[float, float, float, float, float]:
-    """(peak FLOP/s, half-rate width, seconds per pre-activation, cold seconds, shared rate)
-    of one thread's tile kernel, measured in one-thread actors: fit_kernel over off-diagonal
-    tiles of job_tile rows for several neuron counts and of half and twice as many rows at the
+def calibrate_kernel(args: argparse.Namespace) -> tuple[float, ...]:
+    """(peak FLOP/s, half-rate width, seconds per pre-activation, seconds per operand row, cold
+    seconds, shared rate) of one thread's tile kernel, measured in one-thread actors:
+    fit_kernel over off-diagonal tiles of job_tile rows for several neuron counts and of half
+    and twice as many rows at the jobs' width, and diagonal tiles of those three sizes at the
     jobs' width; cold: the median over three fresh actors of their first tiles' seconds beyond
     later ones, at the jobs' width; shared: that kernel's rate on one actor per core at once
     against its rate alone (medians of three turns each, at most 1)."""
@@ -135,8 +139,10 @@ def calibrate_kernel(args: argparse.Namespace) -> tuple[float, float, float, flo
     cold = max(0.0, statistics.median(colds))
     model = ModelConfig(mode=args.cal_mode, m=1024, k=args.k)
     tile = args.job_tile
-    cases = [(w, tile) for w in (2 ** i for i in range(4, 16)) if args.k <= w <= args.job_m]
-    cases += [(args.job_m, tile // 2), (args.job_m, 2 * tile)]
+    cases = [(w, tile, False) for w in (2 ** i for i in range(4, 16))
+             if args.k <= w <= args.job_m]
+    cases += [(args.job_m, tile // 2, False), (args.job_m, 2 * tile, False)]
+    cases += [(args.job_m, t, True) for t in (tile // 2, tile, 2 * tile)]
     actor = probe.remote(args.cal_mode, args.k, args.cal_d, tile)
     seconds = ray.get(actor.kernel.remote(cases, args.kernel_rounds))
     ray.kill(actor)
@@ -145,7 +151,7 @@ def calibrate_kernel(args: argparse.Namespace) -> tuple[float, float, float, flo
     cores = CPU_RATES.cores or 1
     actors = [probe.remote(args.cal_mode, args.k, args.cal_d, tile) for _ in range(cores)]
     alone, together = [], []
-    job = [(args.job_m, tile)]
+    job = [(args.job_m, tile, False)]
     for _ in range(3):
         alone += ray.get(actors[0].kernel.remote(job, args.kernel_rounds))
         together += [s[0] for s in ray.get([a.kernel.remote(job, args.kernel_rounds)
@@ -153,24 +159,23 @@ def calibrate_kernel(args: argparse.Namespace) -> tuple[float, float, float, flo
     for a in actors:
         ray.kill(a)
     shared_rate = min(1.0, statistics.median(alone) / statistics.median(together))
-    off = {t: next(c for c in tile_costs(model, args.cal_d, 2 * t, t) if not c.diagonal)
-           for _, t in cases}
-    samples = [(off[t], w, s) for (w, t), s in zip(cases, seconds)]
-    peak, half, act_s = fit_kernel(samples)
+    shape = {(t, diag): next(c for c in tile_costs(model, args.cal_d, 2 * t, t)
+                             if c.diagonal == diag) for _, t, diag in cases}
+    samples = [(shape[t, diag], w, s) for (w, t, diag), s in zip(cases, seconds)]
+    peak, half, act_s, operand_s = fit_kernel(samples)
     fitted = replace(CPU_RATES, peak_flops=peak, half_width=half, activation_s=act_s,
-                     call_s=0.0, count_flops=None)
-    print(f"kernel, a one-thread actor (off-diagonal tiles; seconds, median of "
-          f"{args.kernel_rounds} rounds):")
-    for (w, t), s in zip(cases, seconds):
-        model_s = kernel_seconds(off[t], w, fitted)
-        print(f"  {w:5d} neurons, {t:4d} rows: {s:.4f} s  model {model_s:.4f} s "
-              f"({100 * (model_s - s) / s:+.0f} %)")
+                     operand_s=operand_s, call_s=0.0, count_flops=None)
+    print(f"kernel, a one-thread actor (seconds, median of {args.kernel_rounds} rounds):")
+    for (w, t, diag), s in zip(cases, seconds):
+        model_s = kernel_seconds(shape[t, diag], w, fitted)
+        print(f"  {'diagonal' if diag else 'off-diagonal':>12}, {w:5d} neurons, {t:4d} rows: "
+              f"{s:.4f} s  model {model_s:.4f} s ({100 * (model_s - s) / s:+.0f} %)")
     print(f"  {args.job_m} neurons, {tile} rows, alone, then on {cores} actors at once, three "
           f"times: {spread(alone)} s, {spread(together)} s: {shared_rate:.2f} of the rate "
           f"alone")
     print(f"cold start, m={args.job_m}, three fresh actors: "
           f"{', '.join(f'{1e3 * c:.1f}' for c in colds)} ms")
-    return peak, half, act_s, cold, shared_rate
+    return peak, half, act_s, operand_s, cold, shared_rate
 
 
 def calibrate_ray(args: argparse.Namespace) -> tuple[float, float]:
@@ -280,13 +285,14 @@ def calibrate(args: argparse.Namespace) -> None:
     load = os.getloadavg()[0]
     print(f"load average before: {load:.2f} (cores: {os.cpu_count()})")
     connect(None, min_cpus=max(args.workers))
-    peak, half, act_s, cold, shared_rate = calibrate_kernel(args)
+    peak, half, act_s, operand_s, cold, shared_rate = calibrate_kernel(args)
     call, link = calibrate_ray(args)
     finish_s, finish_rate, store_rate, commit, flush = calibrate_root(args)
     rates = replace(CPU_RATES, peak_flops=peak, half_width=half, call_s=call,
                     link_bytes_s=link, finish_flops=finish_rate, finish_s=finish_s,
                     store_bytes_s=store_rate, commit_s=commit, cold_s=cold,
-                    shared_rate=shared_rate, activation_s=act_s, flush_bytes_s=flush)
+                    shared_rate=shared_rate, activation_s=act_s, operand_s=operand_s,
+                    flush_bytes_s=flush)
     print(f"calibrated: {rates}")
     model = {"mode": args.cal_mode, "m": args.job_m, "k": args.k}
     if args.cal_mode == "sketch_in":

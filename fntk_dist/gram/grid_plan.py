@@ -10,14 +10,15 @@ and stores it: written beside the store when the roots reach its folder (one hos
 filesystem), else sent to the driver, which writes it. The driver commits each tile (a rename
 and a journal line).
 
-The cost of a tile is the net's own count (Network.gram_flops), split into the part every
-actor repeats (each point's features and the layers below the last) and the part spread over
-the neurons: gram_flops is affine in the last layer's width m, so two widths give both. A
-kernel over few neurons runs below its peak: rate(w) = peak * w / (w + half_width) for w
-neurons per block; and each pre-activation it forms costs activation_s beside its products
-(passes through memory, which no FLOP count holds). A fresh actor's first tiles cost cold_s
-more, actors sharing a host's cores run at shared_rate of their lone rate, and a commit writes
-its tile to disk (flush_bytes_s).
+The cost of a tile is the net's own count (Network.gram_flops), split into the part every actor
+repeats (each point's features and the layers below the last) and the part spread over the
+neurons: gram_flops is affine in the last layer's width m, so two widths give both. A kernel
+over few neurons runs below its peak: rate(w) = peak * w / (w + half_width) for w neurons per
+block; each pre-activation it forms costs activation_s beside its products (passes through
+memory, which no FLOP count holds), and each row of points a product's GEMM reads costs
+operand_s (a diagonal tile's symmetric path reads more, in smaller blocks). A fresh actor's
+first tiles cost cold_s more, actors sharing a host's cores run at shared_rate of their lone
+rate, and a commit writes its tile to disk (flush_bytes_s).
 
 No Ray here: the plan is arithmetic on the config, so `fntk gram --plan` starts nothing.
 """
@@ -32,7 +33,7 @@ from typing import TYPE_CHECKING
 from ..models.blocks import default_block
 from ..models.groups import Role
 from ..ntk.deep_terms import last_groups, lower_groups
-from ..ntk.gram_terms import symmetric_share
+from ..ntk.gram_terms import symmetric_operand_rows, symmetric_share
 
 if TYPE_CHECKING:
     from ..config import RunConfig
@@ -74,6 +75,12 @@ class Rates:
     # holds (they set how a CPU kernel's time grows with the tile). Measured on the CPU; 0 for
     # the GPU figures, whose kernels fuse them into the products.
     activation_s: float = 0.0
+    # Seconds per row of points a square product's GEMM reads, per neuron: each GEMM packs
+    # its operands. A whole product reads rows + cols; the CPU's symmetric path on a diagonal
+    # tile reads (SYM_SPLIT + 1) rows in its smaller blocks, which is why such a tile costs
+    # more than its share of the FLOPs. Measured on the CPU (diagonal and off-diagonal tiles
+    # tell it from activation_s); 0 for the GPU figures, whose products are whole.
+    operand_s: float = 0.0
     # Bytes/s at which the driver's commit writes the tile file it stores to disk: the
     # journal line's fsync makes the filesystem (ext4, data=ordered) write the tile's data
     # first, so a commit costs commit_s + tile bytes / this. inf: not measured.
@@ -87,20 +94,21 @@ class Rates:
 
 
 # Calibrated on this project's 2-core CPU VM (AVX-512), one thread per actor, float64 net, on
-# 2026-11-27 at 11:49 (load average 0.35 before):
+# 2026-11-28 at 00:06 (load average 0.19 before):
 #   .venv/bin/python tools/scaling_model.py --calibrate
 # (kernel: span_partial in a one-thread actor on off-diagonal tiles of 512 rows for 32 to 8192
-# neurons and of 256 and 1024 rows for 8192, fitted: peak and half-rate width of its products,
-# seconds per pre-activation; that kernel alone and one actor per core at once; cold start: the
-# first two tiles of fresh actors beyond later ones; call and link: Ray calls returning nothing
-# and a 2 MB GramPartial sum; finish and store: finish_span of 256 and 512 row tiles,
-# stage_tile of both; commit and its write to disk: TileStore.commit of staged 0.5, 2 and
-# 32 MB tiles). The products' fitted peak is an effective one: the 0/1 mask products run in
-# float32.
-CPU_RATES = Rates(name="cpu", peak_flops=317e9, half_width=847.0, link_bytes_s=6.9e8,
-                  call_s=0.80e-3, cores=os.cpu_count() or 1, finish_flops=31.6e9,
-                  finish_s=3.6e-4, store_bytes_s=5.0e8, commit_s=1.0e-3, cold_s=0.041,
-                  shared_rate=0.97, activation_s=3.71e-9, flush_bytes_s=1.82e9)
+# neurons and of 256 and 1024 rows for 8192, and on diagonal tiles of those three sizes at
+# 8192, fitted: peak and half-rate width of its products, seconds per pre-activation and per
+# operand row; that kernel alone and one actor per core at once; cold start: the first two
+# tiles of fresh actors beyond later ones; call and link: Ray calls returning nothing and a
+# 2 MB GramPartial sum; finish and store: finish_span of 256 and 512 row tiles, stage_tile of
+# both; commit and its write to disk: TileStore.commit of staged 0.5, 2 and 32 MB tiles). The
+# products' fitted peak is an effective one: the 0/1 mask products run in float32.
+CPU_RATES = Rates(name="cpu", peak_flops=292e9, half_width=847.0, link_bytes_s=7.2e8,
+                  call_s=0.78e-3, cores=os.cpu_count() or 1, finish_flops=31.0e9,
+                  finish_s=3.0e-4, store_bytes_s=5.1e8, commit_s=1.1e-3, cold_s=0.046,
+                  shared_rate=0.96, activation_s=3.46e-9, operand_s=3.77e-10,
+                  flush_bytes_s=2.42e9)
 
 
 def h100_rates(dtype: str = "float32", link_bytes_s: float = 25e9,
@@ -223,8 +231,8 @@ def _finish_flops(net: Network, rows: int, cols: int, features: float) -> float:
 
 def kernel_seconds(c: TileCosts, shard: int, rates: Rates, block: int | None = None) -> float:
     """One actor's seconds on one tile of shape c over `shard` neurons: the call, the FLOPs it
-    repeats, its products at the rate of its neuron blocks (block, else the device's default)
-    and its pre-activations' passes."""
+    repeats, its products at the rate of its neuron blocks (block, else the device's default),
+    its pre-activations' passes and its products' reads of their operands."""
     if block is not None:
         inner = min(shard, block)
     elif rates.gpu:
@@ -232,13 +240,17 @@ def kernel_seconds(c: TileCosts, shard: int, rates: Rates, block: int | None = N
     else:
         inner = min(shard, default_block(_Neurons(shard), c.rows + c.cols))
     per_neuron, counted = c.per_neuron_flops, c.count_flops
+    operand_rows = c.rows + c.cols
     if c.diagonal and not rates.gpu:  # gram_terms.symmetric_blocks: the upper blocks only
         cut = 1.0 - symmetric_share(c.rows)
         per_neuron, counted = per_neuron - cut * c.square_flops, counted * (1.0 - cut)
+        operand_rows = symmetric_operand_rows(c.rows)
+    squares = c.square_flops / (2 * c.rows * c.cols)  # the square products per neuron
     return (rates.call_s + c.fixed_flops / rates.peak_flops
             + (per_neuron - counted) * shard / rates.rate(inner)
             + counted * shard / rates.rate(inner, counts=True)
-            + c.activations * shard * rates.activation_s)
+            + c.activations * shard * rates.activation_s
+            + squares * operand_rows * shard * rates.operand_s)
 
 
 def reduction_levels(width: int) -> int:

@@ -65,6 +65,16 @@ def symmetric_share(n: int) -> float:
     return sum((r.stop - r.start) * (c.stop - c.start) for r, c in blocks) / (n * n)
 
 
+def symmetric_operand_rows(n: int) -> int:
+    """Rows of points the GEMMs of one n x n symmetric product read on the CPU, counted once
+    per GEMM (each packs its operands): every block's rows and columns, (SYM_SPLIT + 1) n for
+    symmetric_blocks' blocks; 2n for a whole product."""
+    blocks = symmetric_blocks(n, torch.device("cpu"))
+    if blocks is None:
+        return 2 * n
+    return sum((r.stop - r.start) + (c.stop - c.start) for r, c in blocks)
+
+
 def _mirror(t: torch.Tensor, blocks: list[tuple[slice, slice]]) -> None:
     """The blocks below t's diagonal from those above it."""
     for r, c in blocks:

@@ -18,6 +18,7 @@ from fntk_dist.gram.grid_plan import (
     CPU_RATES,
     choose_grid,
     factor_pairs,
+    h100_rates,
     kernel_seconds,
     plan,
     plan_rows,
@@ -25,7 +26,7 @@ from fntk_dist.gram.grid_plan import (
     tile_costs,
 )
 from fntk_dist.models.config import ModelConfig
-from fntk_dist.ntk.gram_terms import symmetric_share
+from fntk_dist.ntk.gram_terms import SYM_SPLIT, symmetric_operand_rows, symmetric_share
 
 
 def run_config(**model) -> RunConfig:
@@ -94,7 +95,8 @@ def test_the_prediction_follows_the_rates():
     costs = tile_costs(cfg.model, 32, 256, 256)
     free = replace(CPU_RATES, link_bytes_s=float("inf"), call_s=0.0, cores=None,
                    finish_s=0.0, finish_flops=float("inf"), half_width=0.0,
-                   store_bytes_s=float("inf"), commit_s=0.0, cold_s=0.0, activation_s=0.0)
+                   store_bytes_s=float("inf"), commit_s=0.0, cold_s=0.0, activation_s=0.0,
+                   operand_s=0.0)
     one, four = predict(costs, 4096, 1, 1, free), predict(costs, 4096, 4, 1, free)
     c = costs[0]
     # One diagonal tile: on the CPU its rows x cols products are formed from their upper
@@ -127,6 +129,25 @@ def test_pre_activations_cost_their_passes():
             extra = kernel_seconds(c, shard, replace(base, activation_s=1e-9)) \
                 - kernel_seconds(c, shard, base)
             assert extra == pytest.approx(c.activations * shard * 1e-9)
+
+
+def test_products_cost_the_rows_of_points_they_read():
+    """kernel_seconds adds operand_s per row of points each square product reads, per neuron:
+    rows + cols of a whole product; on the CPU's diagonal, every symmetric block's rows and
+    columns, (SYM_SPLIT + 1) x rows; a GPU forms the diagonal's products whole."""
+    cfg = run_config(m=4096)
+    diag, off = tile_costs(cfg.model, 32, 512, 256)
+    squares = off.square_flops / (2 * 256 * 256)  # the rows x cols products per neuron
+    assert squares >= 1
+    assert symmetric_operand_rows(256) == (SYM_SPLIT + 1) * 256
+    assert symmetric_operand_rows(2 * SYM_SPLIT - 1) == 2 * (2 * SYM_SPLIT - 1)  # whole
+    for rates, rows in ((CPU_RATES, {True: (SYM_SPLIT + 1) * 256, False: 512}),
+                        (h100_rates(), {True: 512, False: 512})):
+        base = replace(rates, operand_s=0.0)
+        for c in (diag, off):
+            extra = kernel_seconds(c, 1024, replace(base, operand_s=1e-9)) \
+                - kernel_seconds(c, 1024, base)
+            assert extra == pytest.approx(squares * rows[c.diagonal] * 1024 * 1e-9)
 
 
 def test_cold_starts_and_shared_cores():
