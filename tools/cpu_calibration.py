@@ -117,7 +117,7 @@ def fit_kernel(samples: list[tuple[TileCosts, int, float]]
         raise SystemExit("cpu_calibration: no positive kernel rate fits the measured seconds "
                          f"{[round(t, 6) for _, _, t in samples]}")
     _, half, (inv_peak, act_s, operand_s) = best
-    return 1 / inv_peak, half, float(act_s), float(operand_s)
+    return float(1 / inv_peak), half, float(act_s), float(operand_s)
 
 
 def calibrate_kernel(args: argparse.Namespace) -> tuple[float, ...]:
