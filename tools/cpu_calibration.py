@@ -93,9 +93,10 @@ def fit_kernel(samples: list[tuple[TileCosts, int, float]]
     """(peak FLOP/s, half-rate width, seconds per pre-activation, seconds per operand row) of
     the plan's kernel_seconds fitted to (tile, neurons, seconds) samples: for each half-rate
     width on a grid, the three others by least squares in relative error (weights 1/t^2: thin
-    kernels, which take milliseconds, count as much as wide ones), none negative (a term that
-    would be is left out); the half-rate width of least residual. On off-diagonal tiles the
-    pre-activations and the operand rows grow alike: diagonal tiles tell them apart."""
+    kernels, which take milliseconds, count as much as wide ones), none negative (a term whose
+    coefficient would be is left out); the half-rate width of least residual. On off-diagonal
+    tiles the pre-activations and the operand rows grow alike: diagonal tiles tell them
+    apart."""
     best = None
     for half in [0.0] + [4 * 1.25 ** i for i in range(40)]:
         unit = replace(CPU_RATES, peak_flops=1.0, half_width=half, call_s=0.0, activation_s=0.0,

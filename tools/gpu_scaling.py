@@ -17,8 +17,7 @@ Each row also times the tiles' compute alone (partial, finish, copy to the host,
 that the job's seconds split into compute and storing, and says where a tile's seconds went
 in the job (write_tiles' phases per tile, medians of the timed calls) beside the model's
 account of them with the measured rates (grid_plan.phase_seconds). Those are host clocks: on
-a GPU the kernels run asynchronously, so the partial's count in the finish, which waits for
-them.
+a GPU the kernels run asynchronously, so they count in the finish, which waits for them.
 """
 
 from __future__ import annotations

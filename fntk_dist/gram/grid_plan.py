@@ -278,9 +278,9 @@ def phase_seconds(costs: list[TileCosts], m: int, grid: tuple[int, int], rates: 
     """The model's seconds per tile, averaged over the sweep, of each phase a job times
     (tile_phases' keys, fntk_dist.gram.tiles.PHASES): the root's own partial (its kernel at
     the shared rate when actors share the cores, and its group's cold start spread over the
-    group's tiles), its
-    wait for the others' sum (their tree's links and calls), the finish, the tile file (the
-    root's three stretched where actors outnumber the cores), the driver's commit."""
+    group's tiles), its wait for the others' sum (their tree's links and calls), the finish,
+    the tile file (the root's three stretched where actors outnumber the cores), the
+    driver's commit."""
     width, rows = grid
     shard = math.ceil(m / width)
     tiles = sum(c.count for c in costs)
