@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             from ..gram.job import run_gram_job
 
             if args.plan:  # arithmetic on the config: no Ray, no run folder
-                from ..gram.grid_plan import plan_report
+                from ..gram.plan_report import plan_report
 
                 print(plan_report(cfg))
                 return 0

@@ -172,7 +172,7 @@ def _with_last_width(model: ModelConfig, m: int) -> ModelConfig:
     return model.model_copy(update={"m": m, "layers": layers})
 
 
-def _tile_shapes(n: int, tile: int) -> list[tuple[int, int, int, bool]]:
+def tile_shapes(n: int, tile: int) -> list[tuple[int, int, int, bool]]:
     """(count, rows, cols, diagonal) of the upper triangle's tiles: full tiles and, when tile
     does not divide n, the last row of tiles with its n mod tile rows."""
     full, last = divmod(n, tile)
@@ -193,7 +193,7 @@ def tile_costs(model: ModelConfig, d: int, n: int, tile: int,
     masks = sum(g.role is Role.ROWS for g in last_groups(net))
     squares = masks + sum(g.role is Role.READOUT for g in last_groups(net))
     out = []
-    for count, rows, cols, diag in _tile_shapes(n, tile):
+    for count, rows, cols, diag in tile_shapes(n, tile):
         flops_m, flops_2m = net.gram_flops(rows, cols), wider.gram_flops(rows, cols)
         per_neuron = (flops_2m - flops_m) / m
         out.append(TileCosts(count, rows, cols, diag, flops_m - per_neuron * m, per_neuron,
@@ -371,42 +371,3 @@ def choose_grid(cfg: RunConfig, n: int, d: int, tile: int, workers: int) -> tupl
     best = plan(cfg.model, n, d, tile, workers, rates_for(cfg), cfg.gram.block,
                 cfg.gram.dtype)[0]
     return best.width, best.rows
-
-
-def plan_rows(cfg: RunConfig, n: int, d: int, tile: int, workers: int) -> list[dict]:
-    """The plan table: one row per shape, fastest first, the chosen one marked."""
-    rates = rates_for(cfg)
-    shapes = plan(cfg.model, n, d, tile, workers, rates, cfg.gram.block, cfg.gram.dtype)
-    return [{"grid": f"{p.width}x{p.rows}", "chosen": i == 0, "rates": rates.name,
-             "compute_s": p.compute_s, "comm_s": p.comm_s, "driver_s": p.driver_s,
-             "bytes_per_actor": p.bytes_per_actor, "total_s": p.total_s,
-             "efficiency": p.efficiency} for i, p in enumerate(shapes)]
-
-
-def plan_report(cfg: RunConfig) -> str:
-    """`fntk gram --plan`: the plan table for cfg's data, tile and workers, as text. Reads
-    the data (for n and d) and checks the config as the job would; starts and writes nothing.
-    Workers: dist.workers, else dist.grid's W * R, else this host's cores (what an embedded
-    Ray cluster offers), since one process has no grid to plan."""
-    from ..checks import check_gram
-    from ..data import load_dataset
-
-    data = load_dataset(cfg.data)
-    grid = cfg.dist.grid
-    workers = cfg.dist.workers or (grid[0] * grid[1] if grid else os.cpu_count() or 1)
-    cfg = cfg.model_copy(update={"dist": cfg.dist.model_copy(update={"workers": workers})})
-    layout = check_gram(cfg, data.n, data.d)
-    rows = plan_rows(cfg, data.n, data.d, layout.tile, layout.workers)
-    tiles = sum(shape[0] for shape in _tile_shapes(data.n, layout.tile))
-    lines = [f"grid plan: n={data.n} d={data.d} m={cfg.model.m} tile={layout.tile} "
-             f"({tiles} tiles) workers={layout.workers} rates={rows[0]['rates']}",
-             f"{'grid':>7} {'compute_s':>10} {'comm_s':>9} {'driver_s':>9} "
-             f"{'MB/actor':>10} {'total_s':>9} {'efficiency':>10}"]
-    for r in rows:
-        mark = " <- chosen" if r["chosen"] else ""
-        if grid is not None and r["grid"] == f"{grid[0]}x{grid[1]}":
-            mark += " <- dist.grid"
-        lines.append(f"{r['grid']:>7} {r['compute_s']:10.4g} {r['comm_s']:9.3g} "
-                     f"{r['driver_s']:9.3g} {r['bytes_per_actor'] / 1e6:10.4g} "
-                     f"{r['total_s']:9.4g} {r['efficiency']:10.2f}{mark}")
-    return "\n".join(lines)

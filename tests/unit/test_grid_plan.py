@@ -21,10 +21,10 @@ from fntk_dist.gram.grid_plan import (
     h100_rates,
     kernel_seconds,
     plan,
-    plan_rows,
     predict,
     tile_costs,
 )
+from fntk_dist.gram.plan_report import plan_rows, tile_sizes
 from fntk_dist.models.config import ModelConfig
 from fntk_dist.ntk.gram_terms import SYM_SPLIT, symmetric_operand_rows, symmetric_share
 
@@ -225,6 +225,29 @@ def test_plan_prints_every_shape_and_runs_nothing(tmp_path):
     assert sum("<- chosen" in line for line in lines) == 1
     assert lines[-1] == "ray imported: False"
     assert not out.exists() and not (tmp_path / "runs").exists()
+
+
+def test_plan_weighs_smaller_tiles(tmp_path, capsys):
+    """--plan also gives the best shape at halvings of the tile: more tiles to share among
+    the row groups, each with its own fixed costs; it names a smaller tile only where that
+    is predicted faster."""
+    cfg = run_config(m=4096)
+    sizes = tile_sizes(cfg, 4096, 32, 4096, 16)  # one tile for 16 workers
+    assert [(s["tile"], s["tiles"]) for s in sizes] == [(4096, 1), (2048, 3), (1024, 10),
+                                                        (512, 36)]
+    for s in sizes:
+        best = plan(cfg.model, 4096, 32, s["tile"], 16, CPU_RATES)[0]
+        assert (s["grid"], s["total_s"]) == (f"{best.width}x{best.rows}", best.total_s)
+    assert min(sizes, key=lambda s: s["total_s"])["tile"] < 4096  # idle groups cost more
+    assert [s["tile"] for s in tile_sizes(cfg, 4096, 32, 40, 16)] == [40, 20]  # >= 16 rows
+    assert main(["gram", str(write(tmp_path, GRAM)), "--plan", "--workers", "4",
+                 "--tile", "512"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    listed = out[out.index("smaller tiles (gram.tile: tiles, best grid, total_s):") + 1:]
+    assert [line.split(":")[0].strip() for line in listed[:4]] == ["512", "256", "128", "64"]
+    assert listed[0].endswith("<- this tile") and "1 tiles" in listed[0]
+    faster = [line for line in out if "is predicted" in line]
+    assert len(faster) == 1 and faster[0].endswith("faster than gram.tile=512")
 
 
 def test_plan_marks_the_configured_grid(tmp_path, capsys):
