@@ -92,6 +92,11 @@ class Rates:
         peak = self.count_flops if counts and self.count_flops else self.peak_flops
         return peak * width / (width + self.half_width)
 
+    def slowdown(self, actors: int) -> float:
+        """How much longer each of `actors` actors' kernel takes than one alone: 1 /
+        shared_rate where more than one share a host's cores, else 1."""
+        return 1.0 / self.shared_rate if self.cores is not None and actors > 1 else 1.0
+
 
 # Calibrated on this project's 2-core CPU VM (AVX-512), one thread per actor, float64 net, on
 # 2026-11-28 at 00:06 (load average 0.19 before):
@@ -285,7 +290,7 @@ def phase_seconds(costs: list[TileCosts], m: int, grid: tuple[int, int], rates: 
     shard = math.ceil(m / width)
     tiles = sum(c.count for c in costs)
     actors = width * rows
-    slow = 1 / rates.shared_rate if rates.cores is not None and actors > 1 else 1.0
+    slow = rates.slowdown(actors)
     # More actors than cores time-share them: a root's own work stretches by actors / cores.
     stretch = max(1.0, actors / rates.cores) if rates.cores is not None else 1.0
     out: dict[str, float] = {}
@@ -305,7 +310,7 @@ def predict(costs: list[TileCosts], m: int, width: int, rows: int, rates: Rates,
     shard = math.ceil(m / width)  # the widest shard sets the pace of its tile
     tiles = sum(c.count for c in costs)
     kernel = root = comm = driver = moved = 0.0
-    slow = 1.0 / rates.shared_rate if rates.cores is not None and width * rows > 1 else 1.0
+    slow = rates.slowdown(width * rows)
     for c in costs:
         t = tile_phases(c, shard, width, rates, block)
         kernel += c.count * t["partial"] * slow
