@@ -1,16 +1,17 @@
-"""Benchmark: one Gram tile's two parts on the CPU, by mode, one thread: the partial (the sums
-over neuron blocks, default block) and the finish (the tile from the summed partial).
+"""Benchmark: one Gram tile's parts on the CPU, by mode, one thread: the partial (the sums
+over neuron blocks, default block), the finish (the tile from the summed partial) and the
+finish with the tile file (finish_span staging it beside a store's folder, as a root does).
 
     python tools/bench_tile_parts.py [--n 1024 --m 16384 --d 256 --repeats 7]
     python tools/bench_tile_parts.py --against REV [--rounds 3]
 
 For sketch_in, dense, lowrank and sketch_out (float64, k = 32) and two tiles (diagonal: n
 points against themselves; off-diagonal: n points against n others) it prints the seconds of
-span_partial's first call in the process, then the median [min-max] of --repeats more, and of
-finish_gram, with the block default_block chose. --against REV measures REV's fntk_dist (in a
-temporary git worktree) and the working tree's alternately, --rounds times each, every time in
-a fresh process (a first call is a fresh process's), and prints the median of the rounds for
-both side by side.
+span_partial's first call in the process, then the median [min-max] of --repeats more, of
+finish_gram and of finish_span into a temporary folder, with the block default_block chose.
+--against REV measures REV's fntk_dist (in a temporary git worktree) and the working tree's
+alternately, --rounds times each, every time in a fresh process (a first call is a fresh
+process's), and prints the median of the rounds for both side by side.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ def measure(args: argparse.Namespace) -> list[dict]:
     """Every (mode, tile) of this process's fntk_dist, as one record each."""
     import torch
 
-    from fntk_dist.gram.executor import span_partial
+    from fntk_dist.gram.executor import finish_span, span_partial
+    from fntk_dist.gram.tile_file import TileTarget, warm_up
     from fntk_dist.memory import keep_freed_memory
     from fntk_dist.models.blocks import default_block
     from fntk_dist.models.config import ModelConfig
@@ -44,6 +46,7 @@ def measure(args: argparse.Namespace) -> list[dict]:
 
     torch.set_num_threads(1)
     keep_freed_memory()  # as a Gram actor runs
+    warm_up()
     n = args.n
     x = torch.randn(2 * n, args.d, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     x /= x.norm(dim=1, keepdim=True)
@@ -62,8 +65,17 @@ def measure(args: argparse.Namespace) -> list[dict]:
                 start = time.perf_counter()
                 finish_gram(net, part, x1, x2)
                 finish.append(time.perf_counter() - start)
+            filed = []
+            with tempfile.TemporaryDirectory() as tmp:
+                target = TileTarget(str(Path(tmp) / "t_0_1.arrow"), (n, n), "float64")
+                for _ in range(args.repeats):
+                    start = time.perf_counter()
+                    staged = finish_span(net, x, part, span, target)
+                    filed.append(time.perf_counter() - start)
+                    os.unlink(staged.tmp)
             out.append({"mode": mode, "tile": tile, "block": default_block(net, 2 * n),
-                        "first": times[0], "partial": times[1:], "finish": finish})
+                        "first": times[0], "partial": times[1:], "finish": finish,
+                        "filed": filed})
     return out
 
 
@@ -81,11 +93,12 @@ def child(tree: Path, args: argparse.Namespace) -> list[dict]:
 def show(name: str, records: list[dict]) -> None:
     print(f"\n{name}")
     print(f"  {'mode':>10} {'tile':>12} {'block':>6} {'first s':>8}  {'partial s':>24}  "
-          f"{'finish ms':>22}")
+          f"{'finish ms':>22}  {'finish + file ms':>22}")
     for r in records:
         finish = spread([1e3 * t for t in r["finish"]], "{:.2f}")
+        filed = spread([1e3 * t for t in r["filed"]], "{:.2f}")
         print(f"  {r['mode']:>10} {r['tile']:>12} {r['block']:>6} {r['first']:>8.4f}  "
-              f"{spread(r['partial']):>24}  {finish:>22}")
+              f"{spread(r['partial']):>24}  {finish:>22}  {filed:>22}")
 
 
 def against(rev: str, args: argparse.Namespace) -> None:
@@ -107,9 +120,10 @@ def against(rev: str, args: argparse.Namespace) -> None:
         for i, r in enumerate(rounds[0]):
             merged.append({**r, "first": statistics.median(x[i]["first"] for x in rounds),
                            "partial": [statistics.median(x[i]["partial"]) for x in rounds],
-                           "finish": [statistics.median(x[i]["finish"]) for x in rounds]})
-        show(f"{name} ({args.rounds} fresh processes; partial and finish: median [min-max] of "
-             f"the rounds' medians)", merged)
+                           "finish": [statistics.median(x[i]["finish"]) for x in rounds],
+                           "filed": [statistics.median(x[i]["filed"]) for x in rounds]})
+        show(f"{name} ({args.rounds} fresh processes; partial, finish, finish + file: median "
+             f"[min-max] of the rounds' medians)", merged)
 
 
 def main() -> None:
