@@ -17,6 +17,7 @@ process's), and prints the median of the rounds for both side by side.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -26,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from timing import spread
+from timing import spread, wall_times
 
 ROOT = Path(__file__).resolve().parents[1]
 MODES = {"sketch_in": {"k": 32, "sketch": "gaussian"}, "dense": {}, "lowrank": {"k": 32},
@@ -65,14 +66,11 @@ def measure(args: argparse.Namespace) -> list[dict]:
                 start = time.perf_counter()
                 finish_gram(net, part, x1, x2)
                 finish.append(time.perf_counter() - start)
-            filed = []
+            # Each call stages a file of its own beside the target; the folder takes them all.
             with tempfile.TemporaryDirectory() as tmp:
                 target = TileTarget(str(Path(tmp) / "t_0_1.arrow"), (n, n), "float64")
-                for _ in range(args.repeats):
-                    start = time.perf_counter()
-                    staged = finish_span(net, x, part, span, target)
-                    filed.append(time.perf_counter() - start)
-                    os.unlink(staged.tmp)
+                stage = functools.partial(finish_span, net, x, part, span, target)
+                filed = wall_times(stage, args.repeats)
             out.append({"mode": mode, "tile": tile, "block": default_block(net, 2 * n),
                         "first": times[0], "partial": times[1:], "finish": finish,
                         "filed": filed})
